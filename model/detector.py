@@ -1,0 +1,66 @@
+"""Detector regions on the output plane and the energy readout.
+
+Regions are squares given in metres on the output plane; each is rendered as separable per-axis
+coverage weights (fraction of every pixel's width inside the square), so the same regions read the
+same energy on a coarse twin grid and on the virtual bench's finer one.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LIN2018_ROWS = (3, 4, 3)
+
+
+def region_centres_m(layout: str, n_classes: int, spacing_m: float, differential: bool) -> list[tuple[float, float]]:
+    """Centres (x, y) of the regions; for a differential detector, class k owns regions 2k (+), 2k+1 (−)."""
+    n_regions = 2 * n_classes if differential else n_classes
+    if layout == "lin2018" and not differential and n_classes == 10:
+        rows = LIN2018_ROWS
+    else:  # a near-square grid, row-major
+        cols = int(torch.ceil(torch.sqrt(torch.tensor(float(n_regions)))).item())
+        if differential and cols % 2:
+            cols += 1  # keep each (+, −) pair side by side on one row
+        full, rest = divmod(n_regions, cols)
+        rows = (cols,) * full + ((rest,) if rest else ())
+    centres = []
+    for r, count in enumerate(rows):
+        y = (r - (len(rows) - 1) / 2) * spacing_m
+        for c in range(count):
+            centres.append(((c - (count - 1) / 2) * spacing_m, y))
+    return centres
+
+
+def _coverage(n: int, pitch_m: float, lo_m: float, hi_m: float) -> torch.Tensor:
+    """Fraction of each pixel [x − p/2, x + p/2] (pixel centres symmetric about 0) inside [lo, hi]."""
+    centres = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2) * pitch_m
+    left, right = centres - pitch_m / 2, centres + pitch_m / 2
+    overlap = (torch.minimum(right, torch.tensor(hi_m)) - torch.maximum(left, torch.tensor(lo_m))).clamp(min=0)
+    return (overlap / pitch_m).float()
+
+
+class DetectorRegions(nn.Module):
+    def __init__(self, n: int, pitch_m: float, size_m: float, centres_m: list[tuple[float, float]],
+                 differential: bool = False):
+        super().__init__()
+        self.size_m, self.centres_m, self.differential = size_m, centres_m, differential
+        half = size_m / 2
+        wx = torch.stack([_coverage(n, pitch_m, cx - half, cx + half) for cx, _ in centres_m])
+        wy = torch.stack([_coverage(n, pitch_m, cy - half, cy + half) for _, cy in centres_m])
+        self.register_buffer("weight_x", wx, persistent=False)
+        self.register_buffer("weight_y", wy, persistent=False)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.centres_m) // (2 if self.differential else 1)
+
+    def energies(self, intensity: torch.Tensor) -> torch.Tensor:
+        """Energy per region (…, R) from intensity (…, n, n), in intensity·pixel units."""
+        return torch.einsum("...yx,ry,rx->...r", intensity, self.weight_y, self.weight_x)
+
+    def scores(self, energies: torch.Tensor) -> torch.Tensor:
+        """Per-class scores: normalised energies, or (I+ − I−)/(I+ + I−) for a differential detector."""
+        if self.differential:
+            pos, neg = energies[..., 0::2], energies[..., 1::2]
+            return (pos - neg) / (pos + neg).clamp(min=1e-20)
+        return energies / energies.sum(-1, keepdim=True).clamp(min=1e-20)
