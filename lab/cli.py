@@ -181,6 +181,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    summary = run_demo(Path(args.out), epochs=args.epochs, seed=args.seed)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"demo: design accuracy {summary['design_accuracy']:.4f} on {summary['n_test']} held-out digits; "
+              f"printable layers in {summary['print_dir']}; summary in {Path(args.out) / 'summary.json'}")
+    return 0
+
+
 # ---- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="d2nn-lab", description=__doc__.splitlines()[0])
@@ -220,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, nargs="+", help="export only these layer indices")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="the whole loop on this machine")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -25,6 +25,16 @@ class LayersConfig:
     spacing_mm: float = spec(positive=True, help="distance between consecutive layers")
     input_distance_mm: float | None = spec(None, positive=True, help="object → layer 1 (default: spacing)")
     output_distance_mm: float | None = spec(None, positive=True, help="last layer → output (default: spacing)")
+    distances_mm: list[float] | None = spec(None, help="all count + 1 distances (object → L1, …, LN → output); "
+                                                  "overrides the three keys above")
+
+    def __post_init__(self):
+        if self.distances_mm is not None:
+            if len(self.distances_mm) != self.count + 1:
+                raise ConfigError(f"layers.distances_mm needs count + 1 = {self.count + 1} values "
+                                  f"(got {len(self.distances_mm)})")
+            if any(d <= 0 for d in self.distances_mm):
+                raise ConfigError(f"layers.distances_mm must all be > 0 (got {self.distances_mm})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +126,8 @@ class NetworkConfig:
     @property
     def distances_m(self) -> list[float]:
         """Propagation distances: object→L1, L1→L2, …, LN→output (N+1 values)."""
+        if self.layers.distances_mm is not None:
+            return [d * 1e-3 for d in self.layers.distances_mm]
         spacing = self.layers.spacing_mm
         first = self.layers.input_distance_mm or spacing
         last = self.layers.output_distance_mm or spacing
@@ -127,8 +139,10 @@ class NetworkConfig:
             return self.material.max_height_mm * 1e-3
         return self.wavelength_m / (self.material.refractive_index - 1.0)
 
-    def with_layers(self, count: int) -> "NetworkConfig":
-        return replace(self, layers=replace(self.layers, count=count))
+    def with_distances_mm(self, distances_mm: list[float]) -> "NetworkConfig":
+        """The same network with len(distances_mm) − 1 layers at the given distances."""
+        return replace(self, layers=replace(self.layers, count=len(distances_mm) - 1,
+                                            distances_mm=list(distances_mm)))
 
     def to_dict(self) -> dict:
         return to_dict(self)
