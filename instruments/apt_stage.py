@@ -255,7 +255,7 @@ class AptStage:
         """Controller model, serial number and firmware (HW_REQ_INFO → HW_GET_INFO)."""
         self._send(apt.hw_req_info(self.dest, self.source), "HW_REQ_INFO")
         info = self._wait_for({"hw_get_info"}, self.timeout_s, "HW_GET_INFO")
-        _, major, interim, minor = info.firmware_version  # package order: [unused, major, interim, minor]
+        major, interim, minor = info.firmware_version  # the package drops the unused byte, reverses
         return StageInfo(
             model=info.model_number.split(b"\x00", 1)[0].decode("ascii", "replace").strip(),
             serial_number=int(info.serial_number),

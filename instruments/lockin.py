@@ -50,8 +50,8 @@ __all__ = [
 
 # Time to settle to 99 % of the final value after a step, in time constants, per filter slope.
 # SR830 manual, ch. 3 "SR830 Basics", output filter settling table (6 dB/oct: 5 τ, 12: 7 τ, 18: 9 τ,
-# 24: 10 τ); these are the 99 % step-response times of 1–4 cascaded one-pole RC filters
-# (4.6, 6.6, 8.4, 10.0 τ) rounded up.
+# 24: 10 τ). Check: the 99 % step-response times of 1–4 cascaded one-pole filters are 4.6, 6.6, 8.4 and
+# 10.05 τ, so the table rounds up except at 24 dB/oct, where 10 τ reaches 98.97 %.
 SETTLING_TIME_CONSTANTS = {6: 5.0, 12: 7.0, 18: 9.0, 24: 10.0}
 
 OVERLOAD_FLAGS = LIAStatus.INPUT_OVERLOAD | LIAStatus.FILTER_OVERLOAD | LIAStatus.OUTPUT_OVERLOAD

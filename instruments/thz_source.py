@@ -265,10 +265,11 @@ class THzSource:
     def snapshot(self) -> dict[str, Any]:
         """Identity and settings, for the run store (SI units; power in dBm as named)."""
         synth = self.synthesizer
+        idn = synth.id
         rf_hz = float(synth.frequency)
         return {
             "driver": f"{__name__}.{type(self).__name__}",
-            "idn": synth.id,
+            "idn": idn,
             "multiplier": self.multiplier,
             "rf_power_limits_dbm": list(self.rf_power_limits_dbm),
             "rf_frequency_hz": rf_hz,

@@ -71,6 +71,12 @@ class D2NN(nn.Module):
         r2 = c[:, None] ** 2 + c[None, :] ** 2
         return torch.exp(-r2 / (waist_mm * 1e-3) ** 2)
 
+    def set_illumination(self, field: torch.Tensor | None) -> None:
+        """Complex (or real) illumination on the input plane, (n, n); None = unit plane wave."""
+        if field is not None and tuple(field.shape) != (self.n, self.n):
+            raise ValueError(f"illumination must be {self.n}×{self.n}, got {tuple(field.shape)}")
+        self._illumination = field
+
     @property
     def object_pixels(self) -> int:
         return max(1, round(self.cfg.input.object_size_mm * 1e-3 / self.pitch_m))
