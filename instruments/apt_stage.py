@@ -216,8 +216,10 @@ class AptStage:
             raise ValueError(f"stage {name}: counts_per_mm must be > 0 (got {counts_per_mm!r})")
         travel_lo, travel_hi = (float(v) for v in travel_mm)
         if not travel_lo < travel_hi:
-            raise ValueError(f"stage {name}: travel_mm must be (min, max) with min < max (got {tuple(travel_mm)})")
-        soft_lo, soft_hi = (travel_lo, travel_hi) if soft_limits_mm is None else (float(v) for v in soft_limits_mm)
+            raise ValueError(f"stage {name}: travel_mm must be (min, max) with min < max "
+                             f"(got {tuple(travel_mm)})")
+        soft_lo, soft_hi = ((travel_lo, travel_hi) if soft_limits_mm is None
+                            else (float(v) for v in soft_limits_mm))
         if not travel_lo <= soft_lo < soft_hi <= travel_hi:
             raise ValueError(f"stage {name}: soft_limits_mm {(soft_lo, soft_hi)} must satisfy min < max and "
                              f"lie inside travel_mm {(travel_lo, travel_hi)}")
@@ -253,7 +255,7 @@ class AptStage:
     # --- commands ---------------------------------------------------------------------------------------
     def identify(self) -> StageInfo:
         """Controller model, serial number and firmware (HW_REQ_INFO → HW_GET_INFO)."""
-        self._send(apt.hw_req_info(self.dest, self.source), "HW_REQ_INFO")
+        self._request(apt.hw_req_info(self.dest, self.source), "HW_REQ_INFO")
         info = self._wait_for({"hw_get_info"}, self.timeout_s, "HW_GET_INFO")
         major, interim, minor = info.firmware_version  # the package drops the unused byte, reverses
         return StageInfo(
@@ -276,7 +278,7 @@ class AptStage:
 
     def home(self, wait: bool = True) -> None:
         """Home the axis (MOT_MOVE_HOME); with ``wait``, until MOT_MOVE_HOMED."""
-        self._send(apt.mot_move_home(self.dest, self.source, self.channel), "MOT_MOVE_HOME")
+        self._request(apt.mot_move_home(self.dest, self.source, self.channel), "MOT_MOVE_HOME")
         if wait:
             self._wait_for({"mot_move_homed"}, self.move_timeout_s, "MOT_MOVE_HOMED", in_motion=True)
 
@@ -297,7 +299,7 @@ class AptStage:
         """
         self.check_soft_limits(position_mm)
         counts = self.mm_to_counts(position_mm)
-        self._send(apt.mot_move_absolute(self.dest, self.source, self.channel, counts),
+        self._request(apt.mot_move_absolute(self.dest, self.source, self.channel, counts),
                    "MOT_MOVE_ABSOLUTE")
         if not wait:
             return
@@ -312,13 +314,13 @@ class AptStage:
 
     def position_mm(self) -> float:
         """Current position (MOT_REQ_POSCOUNTER → MOT_GET_POSCOUNTER)."""
-        self._send(apt.mot_req_poscounter(self.dest, self.source, self.channel), "MOT_REQ_POSCOUNTER")
+        self._request(apt.mot_req_poscounter(self.dest, self.source, self.channel), "MOT_REQ_POSCOUNTER")
         reply = self._wait_for({"mot_get_poscounter"}, self.timeout_s, "MOT_GET_POSCOUNTER")
         return self.counts_to_mm(reply.position)
 
     def status(self) -> StageStatus:
         """Status (MOT_REQ_DCSTATUSUPDATE → MOT_GET_DCSTATUSUPDATE, acknowledged)."""
-        self._send(apt.mot_req_dcstatusupdate(self.dest, self.source, self.channel),
+        self._request(apt.mot_req_dcstatusupdate(self.dest, self.source, self.channel),
                    "MOT_REQ_DCSTATUSUPDATE")
         self._wait_for({"mot_get_dcstatusupdate"}, self.timeout_s, "MOT_GET_DCSTATUSUPDATE")
         assert self.last_status is not None
@@ -368,6 +370,11 @@ class AptStage:
         }
 
     # --- transport --------------------------------------------------------------------------------------
+    def _request(self, message: bytes, what: str) -> None:
+        """Send a command that will be answered: drain stale input first."""
+        self._drain()
+        self._send(message, what)
+
     def _send(self, message: bytes, what: str) -> None:
         try:
             self._port.write(message)
@@ -404,6 +411,25 @@ class AptStage:
         except (serial.SerialException, OSError) as exc:
             raise StageError(f"stage {self.name}: cannot read from {self._port_name}: {exc}") from exc
 
+    def _handle_status_update(self, message: Any) -> bool:
+        """Record and acknowledge a status update; return whether ``message`` was one."""
+        if message.msg not in _STATUS_UPDATES:
+            return False
+        self._status_from(message)
+        self._send(apt.mot_ack_dcstatusupdate(self.dest, self.source), "MOT_ACK_DCSTATUSUPDATE")
+        return True
+
+    def _drain(self) -> None:
+        """Consume messages already received (stale replies, status updates) before a new request,
+        so that an old MOVE_COMPLETED cannot be taken for the answer to the next move. Uses the port's
+        ``in_waiting`` when it has one; never blocks."""
+        while getattr(self._port, "in_waiting", 0) or len(self._unpacker.buf) >= 6:
+            message = self._next_message()
+            if message is None:
+                return
+            if not self._handle_status_update(message):
+                log.debug("stage %s: discarding stale %s", self.name, message.msg)
+
     def _wait_for(self, wanted: Iterable[str], timeout_s: float, what: str,
                   in_motion: bool = False) -> Any:
         """Read messages until one named in ``wanted`` arrives; handle status updates on the way."""
@@ -419,9 +445,7 @@ class AptStage:
                         f"{self.dest:#04x}/channel={self.channel} are right")
                 continue
             name = message.msg
-            if name in _STATUS_UPDATES:
-                self._status_from(message)
-                self._send(apt.mot_ack_dcstatusupdate(self.dest, self.source), "MOT_ACK_DCSTATUSUPDATE")
+            self._handle_status_update(message)
             if name in wanted:
                 return message
             if name in ("hw_response", "hw_richresponse"):

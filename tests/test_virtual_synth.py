@@ -93,6 +93,7 @@ def test_pymeasure_driver_commands_all_parse_and_reach_state(server):
     assert st.modulation_on and st.modulation_kind == "am" and st.modulation_frequency_hz == 1e3
     assert server.synth.reference_frequency_hz() == 1e3
     gen.shutdown()
+    assert gen.complete == "1"                # *OPC?: the writes before it have been executed
     assert not server.state().rf_on and not server.state().modulation_on
     gen.adapter.close()
 
