@@ -73,6 +73,10 @@ class ScriptedSerial:
         del self._rx[:size]
         return out
 
+    @property
+    def in_waiting(self):
+        return len(self._rx)
+
     def reset_input_buffer(self):
         self._rx.clear()
 
@@ -94,6 +98,13 @@ def test_move_to_mm_sends_move_absolute_with_exact_counts_and_waits_for_move_com
     stage, port = make_stage([(MOVE_ABS_10MM, move_completed(345550))])
     stage.move_to_mm(10.0)
     assert port.written == [MOVE_ABS_10MM] and port.script == []
+
+
+def test_a_stale_move_completed_is_not_taken_for_the_completion_of_the_next_move():
+    stale = move_completed(0)  # left over from an earlier move_to_mm(..., wait=False)
+    stage, port = make_stage([(MOVE_ABS_10MM, move_completed(345550))], pending=stale)
+    stage.move_to_mm(10.0)
+    assert port.in_waiting == 0  # the fresh completion was the one consumed
 
 
 def test_move_without_wait_sends_and_returns_without_reading():
