@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 INSTRUMENT_KINDS = ("synth", "lockin", "stage", "changer")
+# instrument names used in BENCH.yaml ``virtual.faults`` (lab/config.py) -> kind
+BENCH_INSTRUMENT_KINDS = {"source": "synth", "lockin": "lockin", "stage_x": "stage", "stage_y": "stage",
+                          "changer": "changer"}
 _ONLY_FOR = {"stall": ("stage",), "stall_after_mm": ("stage",), "overload": ("lockin",)}
 
 
@@ -92,7 +95,8 @@ def _validate(key: str, value: Any, where: str) -> Any:
     raise AssertionError(key)
 
 
-def faults_by_instrument(config: Mapping[str, Any] | None, kinds: Mapping[str, str],
+def faults_by_instrument(config: Mapping[str, Any] | None,
+                         kinds: Mapping[str, str] = BENCH_INSTRUMENT_KINDS,
                          *, where: str = "faults") -> dict[str, FaultConfig]:
     """Validate a ``{instrument_name: {fault keys}}`` mapping.  ``kinds`` maps each known instrument
     name to its kind; every name in ``kinds`` gets a FaultConfig (empty when not configured)."""
