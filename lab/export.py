@@ -131,7 +131,7 @@ def plate_triangles(height_mm: np.ndarray, pitch_mm: float, base_thickness_mm: f
     z_high = np.repeat(z_top, 4)
     z_high = np.concatenate([z_high, z_high])
     wall = (z_low < z_high) & (u != v)
-    emit_walls(u[wall], v[wall], z_low[wall], z_high[wall], vertex_heights, emit)
+    _emit_walls(u[wall], v[wall], z_low[wall], z_high[wall], vertex_heights, emit)
 
     # Bottom: a fan from the plate centre over the perimeter's corner vertices, facing −z.
     ring = np.concatenate([corner_id[0, :], corner_id[1:, -1], corner_id[-1, -2::-1], corner_id[-2:0:-1, 0]])
@@ -144,7 +144,7 @@ def plate_triangles(height_mm: np.ndarray, pitch_mm: float, base_thickness_mm: f
     return np.concatenate([xy[ids], zs[..., None]], axis=-1)
 
 
-def emit_walls(u, v, z_low, z_high, vertex_heights, emit) -> None:
+def _emit_walls(u, v, z_low, z_high, vertex_heights, emit) -> None:
     """Vertical walls on edges u → v from ``z_low`` to ``z_high``, each side split at the heights of the
     other tiles touching that vertical line (no T-junctions). Triangulated as two fans: from (u, low)
     over the v side and from (v, high) over the u side; zero-height steps are dropped."""
