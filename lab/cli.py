@@ -10,11 +10,9 @@ import json
 import sys
 from pathlib import Path
 
+from .errors import UsageError
+
 EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """Bad input from the user; the message is the one line they see."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -43,16 +43,19 @@ class _RoundToStep(torch.autograd.Function):
     """Quantize to the printer's z-step; the gradient passes straight through (Bengio 2013)."""
 
     @staticmethod
-    def forward(ctx, height, step):
-        return torch.round(height / step) * step
+    def forward(ctx, height, step, top_steps):
+        return torch.round(height / step).clamp(max=top_steps) * step
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None
+        return grad, None, None
 
 
-def quantize_heights(height_m: torch.Tensor, step_m: float) -> torch.Tensor:
-    return height_m if step_m <= 0 else _RoundToStep.apply(height_m, step_m)
+def quantize_heights(height_m: torch.Tensor, step_m: float, max_height_m: float = math.inf) -> torch.Tensor:
+    """Heights rounded to multiples of ``step_m``, never above the highest multiple <= ``max_height_m``."""
+    if step_m <= 0:
+        return height_m
+    return _RoundToStep.apply(height_m, step_m, math.floor(max_height_m / step_m + 1e-9))
 
 
 def resample_pose(image: torch.Tensor, pitch_m: float, dx_m, dy_m, rotation_rad,
@@ -99,7 +102,7 @@ class DiffractiveLayer(nn.Module):
         ``quantization_aware`` (then the continuous heights learn and only evaluation sees the steps)."""
         h = self.material.max_height_m * torch.sigmoid(self.height_logits)
         if quantize and (self.quantization_aware or not self.training):
-            h = quantize_heights(h, self.material.height_step_m)
+            h = quantize_heights(h, self.material.height_step_m, self.material.max_height_m)
         return h
 
     def set_heights_m(self, height_m: torch.Tensor) -> None:

@@ -58,7 +58,7 @@ from lab.virtual.changer import ChangerServer
 from lab.virtual.clock import Clock
 from lab.virtual.faults import faults_by_instrument
 from lab.virtual.optics import AsBuilt, AsBuiltOptics, LayerError
-from lab.virtual.sr830 import ENBW_TIMES_TAU, SR830Server
+from lab.virtual.sr830 import ENBW_TIMES_TAU, SR830, SR830Server
 from lab.virtual.synth import SynthServer
 from model.schema import ConfigError
 
@@ -119,6 +119,26 @@ def _detector_law(cfg: BenchConfig):
     return lambda p_w: float(np.interp(p_w, table_w, table_v))
 
 
+class _InstantSettledSR830(SR830):
+    """The SR830 emulator, settled on the *current* input when time is instant.
+
+    Work-around: the emulator's ``_output`` advances the filter (instant: to the held input) before
+    re-sampling the input, so with ``time_scale 0`` a query returns the input of the *previous* query.
+    Here a sample with an instant clock also sets the filter to it. (Reported to the emulator owner.)
+    """
+
+    def _sample(self) -> None:
+        super()._sample()
+        if self.clock.instant:
+            self._stages = [self._input] * 4
+
+
+def _settled_sr830_server(signal_fn, reference_fn, clock: Clock, *, faults, **kwargs) -> SR830Server:
+    server = SR830Server(signal_fn, reference_fn, clock, faults=faults, **kwargs)
+    server.lockin = server.device = _InstantSettledSR830(signal_fn, reference_fn, clock, faults=faults, **kwargs)
+    return server
+
+
 class VirtualBench:
     """All emulators of a virtual BENCH.yaml, started in this process (threads), bound to 127.0.0.1.
 
@@ -158,9 +178,9 @@ class VirtualBench:
         try:
             self.synth = SynthServer(faults=faults["source"]).start()
             self._servers.append(self.synth)
-            self.lockin = SR830Server(self._signal_v, self.synth.synth.reference_frequency_hz, self.clock,
-                                      faults=faults["lockin"], noise_v_per_rthz=noise_v_per_rthz,
-                                      seed=noise.seed).start()
+            self.lockin = _settled_sr830_server(self._signal_v, self.synth.synth.reference_frequency_hz,
+                                                self.clock, faults=faults["lockin"],
+                                                noise_v_per_rthz=noise_v_per_rthz, seed=noise.seed).start()
             self._servers.append(self.lockin)
             self.stages: dict[str, AptController] = {}
             for i, axis in enumerate(("x", "y")):
