@@ -257,6 +257,13 @@ class Bench:
                 stage = getattr(self, f"stage_{axis}")
                 if stage is not None:
                     steps.append((f"stop stage {axis}", stage.stop))
+            # Confirm (a reply means the instrument has processed the command before it).
+            if self.source is not None:
+                steps.append(("confirm RF off", self._confirm_rf_off))
+            for axis in ("x", "y"):
+                stage = getattr(self, f"stage_{axis}")
+                if stage is not None:
+                    steps.append((f"confirm stage {axis} stopped", lambda s=stage: self._confirm_stopped(s)))
             if self.source is not None:
                 steps.append(("close source", self.source.close))
             if self.lockin is not None:
@@ -279,6 +286,16 @@ class Bench:
         finally:
             self._shutting_down = False
             self._restore_handlers()
+
+    def _confirm_rf_off(self) -> None:
+        if self.source.is_on:
+            log.error("bench %s: the source still reports RF ON after ':OUTP OFF'; switch it off by hand",
+                      self.cfg.name)
+
+    def _confirm_stopped(self, stage: AptStage) -> None:
+        if stage.status().moving:
+            log.error("bench %s: stage %s still reports moving after MOT_MOVE_STOP; stop it by hand",
+                      self.cfg.name, stage.name)
 
     # ---- signals --------------------------------------------------------------------------------------
     def _install_handlers(self) -> None:
@@ -350,19 +367,25 @@ class Bench:
         """RF output on (the power is checked against the limits first); re-range if auto-ranging."""
         with self._talking("source", self.addresses["source"]):
             self.source.on()
+            if not self.source.is_on:
+                raise InstrumentError(f"source at {self.addresses['source']}: still OFF after ':OUTP ON'")
         if self.cfg.lockin.sensitivity_v is None:
             self.settle()
             with self._talking("lock-in", self.addresses["lockin"]):
                 self.lockin.auto_range(sleep=self.sleep)
 
     def rf_off(self) -> None:
+        """RF output off, confirmed by ``:OUTP?`` (raises if the source still reports it on)."""
         with self._talking("source", self.addresses["source"]):
             self.source.synthesizer.disable()
+            if self.source.is_on:
+                raise InstrumentError(f"source at {self.addresses['source']}: still ON after ':OUTP OFF'")
 
     def set_frequency_hz(self, freq_hz: float) -> None:
-        """THz output frequency (the synthesizer gets freq / multiplier)."""
+        """THz output frequency (the synthesizer gets freq / multiplier); returns once it is applied."""
         with self._talking("source", self.addresses["source"]):
             self.source.output_frequency_hz = freq_hz
+            self.source.synthesizer.ask("*OPC?")
 
     def move_to_mm(self, x_mm: float, y_mm: float) -> None:
         """Move the detector to optical-axis coordinates (mm); waits until both axes have arrived.

@@ -190,6 +190,20 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_run_parsers(sub) -> None:
+    """``run PROCEDURE``: the procedures register themselves in ``procedures.PROCEDURES`` (looked up
+    by name at run time, so lab does not import procedures at module level)."""
+    import importlib
+
+    from .runner import add_run_arguments, run_from_args
+    run_parser = sub.add_parser("run", help="run a measurement procedure on a bench")
+    run_sub = run_parser.add_subparsers(dest="procedure", required=True, metavar="PROCEDURE")
+    for name, cls in importlib.import_module("procedures").PROCEDURES.items():
+        p = run_sub.add_parser(name, help=(cls.__doc__ or name).splitlines()[0])
+        add_run_arguments(p, cls)
+        p.set_defaults(func=lambda args, cls=cls: run_from_args(cls, args))
+
+
 # ---- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="d2nn-lab", description=__doc__.splitlines()[0])
@@ -229,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, nargs="+", help="export only these layer indices")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    _add_run_parsers(sub)
+    from .bench_cli import add_bench_parser
+    add_bench_parser(sub)
 
     p = sub.add_parser("demo", help="the whole loop on this machine")
     p.add_argument("--out", default="runs/demo")

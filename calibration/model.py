@@ -1,0 +1,138 @@
+"""The data model: what the detector should read, given the twin and its as-built parameters.
+
+``measured(x, y) ≈ a_k · (box_aperture ∗ I_k)(x + ox, y + oy) + b_k`` for object k, where I_k is the twin's
+output intensity, the box filter is the detector's square aperture (fractional edge weights), (ox, oy)
+is the fitted detector-plane offset (stage frame → optical axis: the model is sampled at nominal + offset)
+and a_k, b_k are the object's intensity scale and background, solved in closed form (linear least
+squares) at every evaluation — variable projection: cheaper and better conditioned than descending on
+them, and the gradient with respect to the other parameters is unchanged at the linear optimum.
+
+Per-object scales (not one global scale): the lock-in sees source power drift and per-object throughput
+changes (mounting, tilt) between objects; what carries the pose information is each map's *shape*.
+Each object's residual is divided by the spread of its measured values, so every object weighs the same
+whatever its brightness, and the loss reads as "fraction of measured variance left unexplained"
+(0 = perfect, 1 = no better than a constant).
+
+Coarse-to-fine: ``smoothing_m`` > 0 replaces measured and modelled samples alike by their Gaussian-weighted
+average over the object's neighbouring points (the same linear smoother on both sides, so the comparison
+stays exact for any point layout), which widens the basins of the lateral parameters.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.network import D2NN
+
+from .data import ObjectScan
+
+
+def aperture_kernel(aperture_m: float, pitch_m: float) -> torch.Tensor | None:
+    """Box filter of a square aperture of side ``aperture_m`` on a grid of ``pitch_m`` (fractional edges);
+    None when the aperture is no larger than a pixel (the pixel's own intensity is the reading)."""
+    if aperture_m <= pitch_m:
+        return None
+    half = aperture_m / pitch_m / 2
+    r = int(math.ceil(half - 0.5))
+    o = torch.arange(-r, r + 1, dtype=torch.float32)
+    w = (torch.minimum(o + 0.5, torch.tensor(half)) - torch.maximum(o - 0.5, torch.tensor(-half))).clamp(min=0)
+    return (w[:, None] * w[None, :])[None, None]
+
+
+def _smoother(x: np.ndarray, y: np.ndarray, sigma_m: float) -> torch.Tensor | None:
+    """Row-normalised Gaussian weights between an object's points (sparse, cut at 3σ)."""
+    if sigma_m <= 0:
+        return None
+    from scipy.spatial import cKDTree
+    pts = np.stack([x, y], 1)
+    pairs = cKDTree(pts).query_pairs(3 * sigma_m, output_type="ndarray")
+    i = np.concatenate([pairs[:, 0], pairs[:, 1], np.arange(len(x))])
+    j = np.concatenate([pairs[:, 1], pairs[:, 0], np.arange(len(x))])
+    w = np.exp(-((pts[i] - pts[j]) ** 2).sum(1) / (2 * sigma_m ** 2))
+    rowsum = np.bincount(i, weights=w, minlength=len(x))
+    w = w / rowsum[i]
+    return torch.sparse_coo_tensor(np.stack([i, j]), torch.as_tensor(w, dtype=torch.float32),
+                                   (len(x), len(x))).coalesce()
+
+
+class ScanModel:
+    """Modelled readings at the measured points of several object scans, for one twin."""
+
+    def __init__(self, net: D2NN, scans: list[ObjectScan], aperture_m: float):
+        self.net = net
+        self.scans = scans
+        self.kernel = aperture_kernel(aperture_m, net.pitch_m)
+        shapes = {s.image.shape for s in scans}
+        if len(shapes) != 1:
+            raise ValueError(f"all object images must share one shape, got {sorted(shapes)}")
+        self.images = torch.as_tensor(np.stack([s.image for s in scans]), dtype=torch.float32)
+        half_width_m = net.n * net.pitch_m / 2  # grid_sample, align_corners=False: ±1 = outer pixel edges
+        self._half_width_m = half_width_m
+        self.x = [torch.as_tensor(s.x_m, dtype=torch.float64) for s in scans]
+        self.y = [torch.as_tensor(s.y_m, dtype=torch.float64) for s in scans]
+        self.measured = [torch.as_tensor(s.power_w, dtype=torch.float64) for s in scans]
+        self.n_points = sum(s.n_points for s in scans)
+        self.detector_dx_m = torch.zeros((), dtype=torch.float64)
+        self.detector_dy_m = torch.zeros((), dtype=torch.float64)
+        self.set_smoothing(0.0)
+
+    # ---- coarse-to-fine ------------------------------------------------------------------------
+    def set_smoothing(self, sigma_m: float) -> None:
+        self.smoothing_m = sigma_m
+        self._smooth = [_smoother(s.x_m, s.y_m, sigma_m) for s in self.scans]
+        targets = [self._apply(S, m) for S, m in zip(self._smooth, self.measured)]
+        self._targets = targets
+        # Each object's residual is scaled by 1/‖y − ȳ‖ (and 1/√K): loss = mean unexplained fraction.
+        k = len(self.scans)
+        self._weights = [1.0 / (float((t - t.mean()).norm()) * math.sqrt(k) + 1e-300) for t in targets]
+
+    @staticmethod
+    def _apply(S, v: torch.Tensor) -> torch.Tensor:
+        if S is None:
+            return v
+        return torch.sparse.mm(S.to(v.dtype), v[:, None])[:, 0]
+
+    # ---- model -----------------------------------------------------------------------------------
+    def intensity_maps(self) -> torch.Tensor:
+        """(K, n, n) twin intensities seen through the aperture (relative units)."""
+        intensity = self.net.output_intensity(self.images)
+        if self.kernel is not None:
+            r = self.kernel.shape[-1] // 2
+            intensity = F.conv2d(intensity[:, None], self.kernel, padding=r)[:, 0]
+        return intensity
+
+    def samples(self, maps: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Modelled (unscaled) readings at each scan's points, float64."""
+        maps = self.intensity_maps() if maps is None else maps
+        out = []
+        for k in range(len(self.scans)):
+            gx = (self.x[k] + self.detector_dx_m) / self._half_width_m
+            gy = (self.y[k] + self.detector_dy_m) / self._half_width_m
+            grid = torch.stack([gx, gy], -1).to(maps.dtype)[None, None]
+            v = F.grid_sample(maps[k][None, None], grid, mode="bilinear", padding_mode="zeros",
+                              align_corners=False)[0, 0, 0]
+            out.append(v.double())
+        return out
+
+    def residuals(self, maps: torch.Tensor | None = None, return_linear: bool = False):
+        """Weighted residuals of all points (the loss is their sum of squares), scale and background
+        per object solved in closed form."""
+        res, linear = [], []
+        for k, f in enumerate(self.samples(maps)):
+            f = self._apply(self._smooth[k], f)
+            t = self._targets[k]
+            fm, tm = f.mean(), t.mean()
+            fc, tc = f - fm, t - tm
+            a = (fc * tc).sum() / ((fc * fc).sum() + 1e-300)
+            b = tm - a * fm
+            res.append((t - a * f - b) * self._weights[k])
+            linear.append((float(a), float(b)))
+        r = torch.cat(res)
+        return (r, linear) if return_linear else r
+
+    def loss(self) -> torch.Tensor:
+        r = self.residuals()
+        return (r * r).sum()
