@@ -179,6 +179,21 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from calibration.finetune import finetune
+
+    from .progress import progress
+    summary = finetune(args.as_built_twin, args.add_layers, args.out, after=args.after, epochs=args.epochs,
+                       seed=args.seed, max_train_samples=args.max_train_samples, data_dir=args.data_dir,
+                       progress=progress, log=_log)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"finetune: accuracy {summary['as_built_accuracy']:.4f} as built → {summary['finetuned_accuracy']:.4f} "
+              f"with layers {summary['added_layers']} added; print files in {summary['print_dir']}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     summary = run_demo(Path(args.out), epochs=args.epochs, seed=args.seed)
@@ -243,6 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, nargs="+", help="export only these layer indices")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("finetune", help="train K added layers on an as-built twin (printed layers frozen)")
+    p.add_argument("as_built_twin", help="checkpoint of the calibrated as-built twin")
+    p.add_argument("--add-layers", type=int, required=True, metavar="K")
+    p.add_argument("--after", type=int, help="insert after this layer index (default: append at the end)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-train-samples", type=int)
+    p.add_argument("--data-dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_finetune)
 
     _add_run_parsers(sub)
     from .bench_cli import add_bench_parser

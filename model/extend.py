@@ -41,4 +41,8 @@ def add_layers(net: D2NN, k: int, after: int | None = None, seed: int = 0) -> tu
         for name in GLOBAL_NAMES:
             getattr(bigger, name).copy_(getattr(net, name))
         bigger.log_temperature.copy_(net.log_temperature)
+        # New plates start flat (uniform phase: plain free space), so training starts from what the
+        # printed stack already does instead of from a random diffuser.
+        for i in new_index:
+            bigger.layers[i].height_logits.mul_(0.01)
     return bigger, new_index

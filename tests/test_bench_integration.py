@@ -227,7 +227,6 @@ def test_garbled_source_reply_raises_and_the_rf_stays_off(checkpoint):
 
 
 def test_stalled_stage_times_out_and_is_reported(checkpoint):
-    cfg = config(checkpoint, faults={"stage_y": {"stall": True, "stall_after_mm": 0.5}})
     cfg = bench_config_from_dict({**bench_dict(checkpoint, faults={"stage_y": {"stall": True,
                                                                                "stall_after_mm": 0.5}}),
                                   "stages": {"x": {"timeout_s": 1.0}, "y": {"timeout_s": 1.0}}})

@@ -163,3 +163,32 @@ def test_sigterm_to_a_client_process_leaves_rf_off_and_stages_stopped(served, tm
     assert proc.returncode == 130, err
     assert "INTERRUPTED BenchInterrupted" in out
     assert_safe(vb)
+
+
+def test_bench_serve_writes_addresses_a_client_can_use_and_removes_them(checkpoint, tmp_path):
+    import argparse
+    import threading
+
+    from lab.bench_cli import cmd_bench_serve
+
+    server_yaml = tmp_path / "server.yaml"
+    data = server_dict(checkpoint)
+    data["virtual"]["time_scale"] = 0.0
+    server_yaml.write_text(yaml.safe_dump(data))
+    out = tmp_path / "served.yaml"
+    stop = threading.Event()
+    thread = threading.Thread(target=cmd_bench_serve, daemon=True,
+                              args=(argparse.Namespace(config=str(server_yaml), addresses_out=str(out)), stop))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        client = server_dict(checkpoint)
+        client["virtual"]["addresses_file"] = str(out)
+        with Bench(bench_config_from_dict(client)) as bench:
+            assert "SR830" in bench.lockin.id and bench.time_scale == 0.0
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive() and not out.exists()
