@@ -86,6 +86,17 @@ def test_quantization_gradient_passes_straight_through():
     assert torch.equal(h.grad, w)
 
 
+def test_quantization_never_exceeds_the_printable_maximum():
+    step, top = 0.016e-3, 1.0378e-3  # top is 64.86 steps: the highest printable level is 64 steps
+    h = torch.linspace(0.0, top, 2001, dtype=torch.float64, requires_grad=True)
+    q = quantize_heights(h, step, top)
+    assert float(q.max()) == pytest.approx(64 * step, rel=1e-12)
+    below = h.detach() < 64.5 * step
+    assert torch.equal(q.detach()[below], torch.round(h.detach()[below] / step) * step)
+    q.sum().backward()
+    assert torch.equal(h.grad, torch.ones_like(h))
+
+
 def test_zero_step_means_no_quantization():
     h = torch.rand(10)
     assert quantize_heights(h, 0.0) is h

@@ -78,8 +78,6 @@ def test_bilinear_sampling_is_exact_at_grid_points():
     assert _bilinear(values, coords, coords[-1] + 1e-4, 0.0) == 0.0      # outside the window
 
 
-@pytest.mark.xfail(strict=True, reason="optics._bilinear: (x - c0)/pitch rounds to 8.000000000000002 at the "
-                                       "last grid column/row, which is then treated as outside (returns 0)")
 def test_bilinear_sampling_is_exact_on_the_last_row_and_column():
     values = np.random.default_rng(0).random((9, 9))
     coords = (np.arange(9) - 4) * 0.2e-3

@@ -41,7 +41,7 @@ def test_idn_and_frequency_units_and_long_short_forms(visa):
 
 def test_relative_header_after_semicolon_uses_current_path(visa):
     visa.write(":SOUR:FREQ:STAR 1 GHz;STOP 2 GHz")
-    assert visa.query(":FREQ:STAR?;STOP?") == "+1.0000000000E+09;+2.0000000000E+09"
+    assert visa.query(":FREQ:STAR?;STOP?") == "+1.000000000000000E+09;+2.000000000000000E+09"
     assert visa.query(":SYST:ERR?") == '+0,"No error"'
 
 
@@ -104,3 +104,8 @@ def test_stop_closes_listening_socket_and_threads(visa, server):
     assert not server.running
     with pytest.raises(Exception):
         visa.query("*IDN?")
+
+
+def test_frequency_query_keeps_millihertz_resolution(visa):
+    visa.write(":FREQ 11111111111.111 Hz")
+    assert float(visa.query(":FREQ?")) * 36 == pytest.approx(400e9, abs=0.05)

@@ -104,7 +104,7 @@ class AptController:
     """One emulated KDC101 + stage.  ``start()`` opens the pty; ``.port`` is the path to give pyserial."""
 
     def __init__(self, clock: Clock, *, counts_per_mm: float = 34554.96, travel_mm: tuple[float, float] = (0.0, 25.0),
-                 max_speed_mm_s: float = 2.6, home_speed_mm_s: float = 1.0, initial_position_mm: float = 0.0,
+                 max_speed_mm_s: float = 2.6, home_speed_mm_s: float = 1.0, speed_mm_s: float | None = None, initial_position_mm: float = 0.0,
                  faults: FaultConfig | None = None, serial_number: int = 27000001, name: str = "stage"):
         lo, hi = travel_mm
         if not hi > lo:
@@ -125,7 +125,8 @@ class AptController:
         self._fault = FaultInjector(self.faults)
         self._position_mm = min(max(float(initial_position_mm), lo), hi)
         self._counter_offset_mm = 0.0          # counter = (position - offset) * counts_per_mm
-        self._speed_mm_s = min(2.4, self.max_speed_mm_s)
+        # the controller's stored VELPARAMS max velocity at power-up (2.4 mm/s for a Z8 on a KDC101)
+        self._speed_mm_s = min(2.4 if speed_mm_s is None else speed_mm_s, self.max_speed_mm_s)
         self._accel_counts = int(round(self.counts_per_mm * SERVO_CYCLE_S ** 2 * 65536 * 1.5))
         self._min_vel_counts = 0
         self._move: _Move | None = None

@@ -58,7 +58,7 @@ from lab.virtual.changer import ChangerServer
 from lab.virtual.clock import Clock
 from lab.virtual.faults import faults_by_instrument
 from lab.virtual.optics import AsBuilt, AsBuiltOptics, LayerError
-from lab.virtual.sr830 import ENBW_TIMES_TAU, SR830, SR830Server
+from lab.virtual.sr830 import ENBW_TIMES_TAU, SR830Server
 from lab.virtual.synth import SynthServer
 from model.schema import ConfigError
 
@@ -119,26 +119,6 @@ def _detector_law(cfg: BenchConfig):
     return lambda p_w: float(np.interp(p_w, table_w, table_v))
 
 
-class _InstantSettledSR830(SR830):
-    """The SR830 emulator, settled on the *current* input when time is instant.
-
-    Work-around: the emulator's ``_output`` advances the filter (instant: to the held input) before
-    re-sampling the input, so with ``time_scale 0`` a query returns the input of the *previous* query.
-    Here a sample with an instant clock also sets the filter to it. (Reported to the emulator owner.)
-    """
-
-    def _sample(self) -> None:
-        super()._sample()
-        if self.clock.instant:
-            self._stages = [self._input] * 4
-
-
-def _settled_sr830_server(signal_fn, reference_fn, clock: Clock, *, faults, **kwargs) -> SR830Server:
-    server = SR830Server(signal_fn, reference_fn, clock, faults=faults, **kwargs)
-    server.lockin = server.device = _InstantSettledSR830(signal_fn, reference_fn, clock, faults=faults, **kwargs)
-    return server
-
-
 class VirtualBench:
     """All emulators of a virtual BENCH.yaml, started in this process (threads), bound to 127.0.0.1.
 
@@ -178,7 +158,7 @@ class VirtualBench:
         try:
             self.synth = SynthServer(faults=faults["source"]).start()
             self._servers.append(self.synth)
-            self.lockin = _settled_sr830_server(self._signal_v, self.synth.synth.reference_frequency_hz,
+            self.lockin = SR830Server(self._signal_v, self.synth.synth.reference_frequency_hz,
                                                 self.clock, faults=faults["lockin"],
                                                 noise_v_per_rthz=noise_v_per_rthz, seed=noise.seed).start()
             self._servers.append(self.lockin)
@@ -188,11 +168,9 @@ class VirtualBench:
                 lo, _ = a.travel_mm
                 ctrl = AptController(self.clock, counts_per_mm=a.counts_per_mm, travel_mm=tuple(a.travel_mm),
                                      max_speed_mm_s=a.speed_mm_s, home_speed_mm_s=a.speed_mm_s,
+                                     speed_mm_s=a.speed_mm_s,
                                      initial_position_mm=lo, faults=faults[f"stage_{axis}"],
                                      serial_number=27000001 + i, name=axis)
-                # The KDC101 powers up at 2.4 mm/s (VELPARAMS) and the driver does not set velocity
-                # parameters; run the emulated stage at the configured speed instead.
-                ctrl._speed_mm_s = a.speed_mm_s
                 self.stages[axis] = ctrl.start()
                 self._servers.append(ctrl)
             self.changer = ChangerServer(faults=faults["changer"]).start()

@@ -156,8 +156,10 @@ def _bilinear(values: np.ndarray, coords: np.ndarray, x: float, y: float) -> flo
     pitch = coords[1] - coords[0]
     fx, fy = (x - coords[0]) / pitch, (y - coords[0]) / pitch
     n = len(coords)
-    if not (0 <= fx <= n - 1 and 0 <= fy <= n - 1):
+    tol = 1e-9  # (x − c0)/pitch lands a hair past the last sample through rounding
+    if not (-tol <= fx <= n - 1 + tol and -tol <= fy <= n - 1 + tol):
         return 0.0
+    fx, fy = min(max(fx, 0.0), n - 1.0), min(max(fy, 0.0), n - 1.0)
     ix, iy = min(int(fx), n - 2), min(int(fy), n - 2)
     tx, ty = fx - ix, fy - iy
     v = values

@@ -70,7 +70,7 @@ class _Settings:
 
 
 def _fmt(value: float) -> str:
-    return f"{value:+.10E}"
+    return f"{value:+.15E}"  # 16 significant digits: 1 mHz at 20 GHz, as the instrument resolves
 
 
 def _bool(value: bool) -> str:

@@ -1,0 +1,214 @@
+"""Fit the twin's as-built parameters to measured output-plane scans (DESIGN.md section 7).
+
+Strategy (``fit_twin``):
+
+1. *Detector-offset search*: with the design poses, the output maps are computed once and the detector
+   offset is searched on a grid (±``offset_search_m``): a pure resampling, no propagation. This removes
+   the one parameter that moves the whole pattern rigidly.
+2. *Levenberg–Marquardt* on all parameters at once (Gauss–Newton with Marquardt damping; the Jacobian by
+   forward differences in the internal units of ``params.py``; step length capped so one iteration
+   cannot jump out of a basin). Scale and background are solved in closed form inside every residual
+   evaluation (``model.ScanModel``). Optionally first at a coarse resolution (``coarse_sigma_m``: measured
+   and modelled samples both smoothed) then sharp.
+3. *Multi-start*, when the loss is still far above what the data allow: restart from the best point
+   with the lateral parameters of each layer perturbed (seeded), keep the best.
+
+Uncertainties come from the Jacobian at the optimum (``uncertainty.py``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from model.network import D2NN
+
+from .data import ObjectScan
+from .model import ScanModel
+from .params import ParamSpace
+from .uncertainty import Uncertainty, estimate_uncertainty
+
+ProgressCallback = Callable[[str, int, int, float], None]
+"""progress(stage, step, total_steps, loss)."""
+
+
+@dataclass
+class FitOptions:
+    aperture_m: float = 0.5e-3            # detector aperture side (an instrument property, not fitted)
+    fit_index_scale: bool = False
+    fit_object_offset: bool = True
+    offset_search_m: float = 2e-3
+    offset_search_step_m: float = 0.2e-3
+    coarse_sigma_m: float = 0.0           # 0 = no coarse stage
+    coarse_iterations: int = 4
+    max_iterations: int = 25
+    restarts: int = 3                     # multi-start tries when the loss stays high
+    restart_loss: float = 0.25            # restart when the loss after LM exceeds this
+    restart_spread: float = 1.5           # lateral perturbation of a restart, in pitches
+    max_step: float = 1.5                 # LM step cap per parameter (internal units)
+    fd_step: float = 0.02                 # forward-difference step (internal units)
+    time_budget_s: float = 55.0
+    resample_transmission: bool = False
+    seed: int = 0
+
+
+@dataclass
+class FitResult:
+    names: list[str]
+    values_si: dict[str, float]
+    uncertainty: Uncertainty
+    loss_before: float
+    loss_after: float
+    strategy: str
+    wall_time_s: float
+    n_points: int
+    n_objects: int
+    scales: list[tuple[float, float]]   # per object (scale a, background b): reading = a·model + b
+    history: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class _Problem:
+    def __init__(self, data_model: ScanModel, space: ParamSpace):
+        self.model, self.space = data_model, space
+        self.evaluations = 0
+
+    @torch.no_grad()
+    def residuals(self, p: torch.Tensor) -> torch.Tensor:
+        self.space.set(p)
+        self.evaluations += 1
+        return self.model.residuals()
+
+    def jacobian(self, p: torch.Tensor, r0: torch.Tensor, step: float) -> torch.Tensor:
+        cols = []
+        for j in range(len(p)):
+            q = p.clone()
+            q[j] += step
+            cols.append((self.residuals(q) - r0) / step)
+        self.space.set(p)
+        return torch.stack(cols, 1)
+
+
+def _levenberg_marquardt(problem: _Problem, p0: torch.Tensor, iterations: int, opts: FitOptions,
+                         deadline: float, stage: str, progress: ProgressCallback | None,
+                         history: list[dict]) -> tuple[torch.Tensor, float]:
+    p = p0.clone()
+    r = problem.residuals(p)
+    loss = float(r @ r)
+    lam = 1e-2
+    stalls = 0
+    for it in range(iterations):
+        if time.monotonic() > deadline:
+            break
+        J = problem.jacobian(p, r, opts.fd_step)
+        g = J.T @ r
+        A = J.T @ J
+        d = torch.diag(A).clamp(min=1e-9 * float(torch.diag(A).max()))
+        improved = False
+        for _ in range(8):
+            step = -torch.linalg.solve(A + lam * torch.diag(d), g)
+            big = float(step.abs().max())
+            if big > opts.max_step:
+                step = step * (opts.max_step / big)
+            r_new = problem.residuals(p + step)
+            loss_new = float(r_new @ r_new)
+            if loss_new < loss:
+                rel = (loss - loss_new) / max(loss, 1e-300)
+                p, r, loss = p + step, r_new, loss_new
+                lam = max(lam / 3, 1e-6)
+                improved = True
+                break
+            lam *= 4
+        history.append({"stage": stage, "iteration": it, "loss": loss, "lambda": lam})
+        if progress:
+            progress(stage, it + 1, iterations, loss)
+        if not improved or rel < 1e-4:
+            stalls += 1
+            if stalls >= 2 or not improved and lam > 1e6:
+                break
+        else:
+            stalls = 0
+    problem.space.set(p)
+    return p, loss
+
+
+@torch.no_grad()
+def _search_detector_offset(model: ScanModel, space: ParamSpace, p: torch.Tensor, opts: FitOptions) -> torch.Tensor:
+    """Grid search of the detector offset on maps computed once (design poses)."""
+    space.set(p)
+    maps = model.intensity_maps()
+    steps = np.arange(-opts.offset_search_m, opts.offset_search_m + 1e-12, opts.offset_search_step_m)
+    best = (math.inf, 0.0, 0.0)
+    for ox in steps:
+        for oy in steps:
+            model.detector_dx_m.fill_(ox)
+            model.detector_dy_m.fill_(oy)
+            r = model.residuals(maps)
+            loss = float(r @ r)
+            if loss < best[0]:
+                best = (loss, ox, oy)
+    model.detector_dx_m.fill_(best[1])
+    model.detector_dy_m.fill_(best[2])
+    return space.get()
+
+
+def fit_twin(net: D2NN, scans: list[ObjectScan], options: FitOptions | None = None,
+             progress: ProgressCallback | None = None) -> FitResult:
+    """Fit ``net``'s as-built parameters (in place) to ``scans``; returns values, uncertainties, losses.
+
+    ``net`` should carry the design poses (zeros) or a starting guess. Only the measurements are read.
+    """
+    opts = options or FitOptions()
+    torch.manual_seed(opts.seed)
+    rng = np.random.default_rng(opts.seed)
+    start = time.monotonic()
+    deadline = start + opts.time_budget_s
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    data_model = ScanModel(net, scans, opts.aperture_m, resample_transmission=opts.resample_transmission)
+    space = ParamSpace(net, data_model, opts.fit_index_scale, opts.fit_object_offset)
+    problem = _Problem(data_model, space)
+    history: list[dict] = []
+
+    p0 = space.get()
+    r0 = problem.residuals(p0)
+    loss_before = float(r0 @ r0)
+    p = _search_detector_offset(data_model, space, p0, opts)
+    strategy = ["detector-offset grid search"]
+    if progress:
+        progress("offset search", 1, 1, float((problem.residuals(p) ** 2).sum()))
+
+    if opts.coarse_sigma_m > 0:
+        data_model.set_smoothing(opts.coarse_sigma_m)
+        p, _ = _levenberg_marquardt(problem, p, opts.coarse_iterations, opts, deadline, "coarse", progress, history)
+        data_model.set_smoothing(0.0)
+        strategy.append(f"coarse LM (σ = {opts.coarse_sigma_m * 1e3:g} mm)")
+    p, loss = _levenberg_marquardt(problem, p, opts.max_iterations, opts, deadline, "fine", progress, history)
+    strategy.append("Levenberg-Marquardt")
+    found_by = "Levenberg-Marquardt from the design poses"
+
+    lateral = [i for i, n in enumerate(space.names) if n.startswith("layer") and (".dx" in n or ".dy" in n)]
+    for k in range(opts.restarts):
+        if loss <= opts.restart_loss or time.monotonic() > deadline - 5:
+            break
+        q = p.clone()
+        q[lateral] += torch.as_tensor(rng.uniform(-opts.restart_spread, opts.restart_spread, len(lateral)))
+        q, loss_q = _levenberg_marquardt(problem, q, opts.max_iterations, opts, deadline, f"restart {k + 1}",
+                                         progress, history)
+        strategy.append(f"restart {k + 1}: loss {loss_q:.4g}")
+        if loss_q < loss:
+            p, loss, found_by = q, loss_q, f"multi-start (restart {k + 1})"
+    space.set(p)
+    r, linear = data_model.residuals(return_linear=True)
+    unc = estimate_uncertainty(problem, space, p, r, opts.fd_step)
+    space.set(p)
+    strategy.append(f"minimum found by: {found_by}")
+    return FitResult(names=space.names, values_si=space.si(p), uncertainty=unc, loss_before=loss_before,
+                     loss_after=float(r @ r), strategy="; ".join(strategy),
+                     wall_time_s=time.monotonic() - start, n_points=data_model.n_points,
+                     n_objects=len(scans), scales=linear, history=history)

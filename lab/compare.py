@@ -1,0 +1,341 @@
+"""Measured vs twin: figures of merit, PNGs and one ``report.html`` for a run (``d2nn-lab compare``).
+
+    d2nn-lab compare RUN_DIR --twin CHECKPOINT --out REPORT_DIR [--aperture-mm A] [--json]
+
+Scanned runs (raster-scan, beam-profile): for every object the measured map (points placed on the
+scan grid by their x/y values, so serpentine order does not matter; points never measured, as in an
+aborted run, are NaN), the twin's prediction *at the same points* (twin intensity × pixel area,
+box-filtered by the detector's square aperture, bilinear-sampled at x_m, y_m, then fitted to the
+measurement by least squares: measured ≈ scale · twin + background), the residual, line profiles
+through the scan centre and the energy per detector region. Classify runs: accuracy, agreement with
+the twin and both confusion matrices, recomputed from the rows with the given twin (so an aborted run
+can be compared too), next to the summary the run recorded.
+
+Only the run directory and the twin are read: never the bench file nor any hidden truth. The aperture
+is the public ``lockin.detector.aperture_mm`` of the run's bench config when present, else the
+``aperture_m`` argument, else 0.5 mm.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+from .store import RunStoreError, load_object, load_run
+
+DEFAULT_APERTURE_M = 0.5e-3
+SCANNED = ("raster-scan", "beam-profile")
+POSITION_DECIMALS = 7  # positions rounded to 0.1 µm when placed on the grid
+
+
+# ---- sampling the twin ---------------------------------------------------------------------------
+def aperture_power(power_per_pixel: np.ndarray, pitch_m: float, aperture_m: float) -> np.ndarray:
+    """Power through a square aperture of side ``aperture_m`` centred on every pixel.
+
+    ``power_per_pixel`` is (density × pixel area); the box filter weights each neighbour by the
+    fraction of its width inside the aperture (separable, fractional edges), so a uniform density ρ
+    gives ρ · aperture² for any aperture, smaller or larger than a pixel. ``aperture_m`` 0 = a point
+    detector: the density itself (power per m²)."""
+    power = np.asarray(power_per_pixel, dtype=np.float64)
+    if aperture_m <= 0:
+        return power / pitch_m ** 2
+    half = aperture_m / pitch_m / 2
+    r = int(math.ceil(half - 0.5))
+    offsets = np.arange(-r, r + 1, dtype=np.float64)
+    weights = np.clip(np.minimum(offsets + 0.5, half) - np.maximum(offsets - 0.5, -half), 0, None)
+    padded = np.pad(power, r)
+    n_y, n_x = power.shape
+    rows = sum(w * padded[:, r + o:r + o + n_x] for o, w in zip(range(-r, r + 1), weights))
+    return sum(w * rows[r + o:r + o + n_y, :] for o, w in zip(range(-r, r + 1), weights))
+
+
+def bilinear_sample(values: np.ndarray, coords_m: np.ndarray, x_m, y_m) -> np.ndarray:
+    """``values[row = y, column = x]`` on pixel centres ``coords_m`` (same on both axes), bilinearly
+    interpolated at (x_m, y_m); NaN outside the grid's first..last pixel centre."""
+    coords = np.asarray(coords_m, dtype=np.float64)
+    x, y = np.atleast_1d(np.asarray(x_m, dtype=np.float64)), np.atleast_1d(np.asarray(y_m, dtype=np.float64))
+    pitch, n = coords[1] - coords[0], len(coords)
+    fx, fy = (x - coords[0]) / pitch, (y - coords[0]) / pitch
+    eps = 1e-9
+    inside = (fx >= -eps) & (fx <= n - 1 + eps) & (fy >= -eps) & (fy <= n - 1 + eps)
+    fx, fy = np.clip(fx, 0, n - 1), np.clip(fy, 0, n - 1)
+    ix, iy = np.minimum(fx.astype(int), n - 2), np.minimum(fy.astype(int), n - 2)
+    tx, ty = fx - ix, fy - iy
+    v = values
+    out = ((1 - ty) * ((1 - tx) * v[iy, ix] + tx * v[iy, ix + 1])
+           + ty * ((1 - tx) * v[iy + 1, ix] + tx * v[iy + 1, ix + 1]))
+    return np.where(inside, out, np.nan)
+
+
+def twin_intensity(net, image: np.ndarray | None) -> np.ndarray:
+    """The twin's output-plane intensity (n, n) for one object; None = open object plane."""
+    import torch
+    img = torch.ones(1, 28, 28) if image is None else torch.as_tensor(np.asarray(image, np.float32))[None]
+    net.eval()
+    with torch.no_grad():
+        return net.output_intensity(img)[0].double().numpy()
+
+
+def fit_scale_background(measured: np.ndarray, twin: np.ndarray) -> tuple[float, float]:
+    """Least squares ``measured ≈ scale · twin + background`` over the finite pairs."""
+    ok = np.isfinite(measured) & np.isfinite(twin)
+    if ok.sum() < 2 or np.ptp(twin[ok]) == 0:
+        return (float("nan"), float(np.nanmean(measured[ok])) if ok.any() else float("nan"))
+    design = np.stack([twin[ok], np.ones(ok.sum())], axis=1)
+    (scale, background), *_ = np.linalg.lstsq(design, measured[ok], rcond=None)
+    return float(scale), float(background)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 2 or np.std(a[ok]) == 0 or np.std(b[ok]) == 0:
+        return None
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
+# ---- the scan grid ---------------------------------------------------------------------------------
+def scan_axes_m(frame, parameters: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Grid axes (xs, ys) in metres: the planned grid from the parameters (so an aborted run shows its
+    gaps), widened by any measured position not on it; else the measured positions."""
+    xs = set(np.round(frame["x_m"].to_numpy(float), POSITION_DECIMALS))
+    ys = set(np.round(frame["y_m"].to_numpy(float), POSITION_DECIMALS))
+    try:
+        step = float(parameters["step_mm"])
+        for axis, values in ((0, xs), (1, ys)):
+            size, centre = float(parameters["size_mm"][axis]), float(parameters["center_mm"][axis])
+            count = int(math.floor(size / step + 1e-9)) + 1
+            planned = ((np.arange(count) - (count - 1) / 2) * step + centre) * 1e-3
+            values.update(np.round(planned, POSITION_DECIMALS))
+    except (KeyError, TypeError, ValueError, IndexError):
+        pass
+    return np.array(sorted(xs)), np.array(sorted(ys))
+
+
+def grid_map(xs: np.ndarray, ys: np.ndarray, x_m, y_m, values) -> np.ndarray:
+    """Values placed on the (ys, xs) grid by position; NaN where nothing was measured."""
+    out = np.full((len(ys), len(xs)), np.nan)
+    ix = np.searchsorted(xs, np.round(np.asarray(x_m, float), POSITION_DECIMALS))
+    iy = np.searchsorted(ys, np.round(np.asarray(y_m, float), POSITION_DECIMALS))
+    out[iy, ix] = values
+    return out
+
+
+def region_masks(x_m, y_m, centres_m, size_m) -> list[np.ndarray]:
+    half = size_m / 2 * (1 + 1e-9)
+    x, y = np.asarray(x_m, float), np.asarray(y_m, float)
+    return [(np.abs(x - cx) <= half) & (np.abs(y - cy) <= half) for cx, cy in centres_m]
+
+
+# ---- comparing one scanned object ----------------------------------------------------------------
+def compare_object(object_id: str, rows, image, info: dict, net, aperture_m: float) -> dict:
+    """Figures of merit and the arrays the figures need, for one scanned object."""
+    import torch
+    x, y = rows["x_m"].to_numpy(float), rows["y_m"].to_numpy(float)
+    measured = rows["power_w"].to_numpy(float)
+    intensity = twin_intensity(net, image)
+    collected = aperture_power(intensity * net.pitch_m ** 2, net.pitch_m, aperture_m)
+    coords = net.coords_m().numpy()
+    twin_raw = bilinear_sample(collected, coords, x, y)
+    inside = np.isfinite(twin_raw)
+    if not inside.any():
+        half_mm = (coords[-1] - coords[0]) / 2 * 1e3
+        raise UsageError(f"object {object_id}: no scanned point lies on the twin's output plane "
+                         f"(±{half_mm:.1f} mm); is this the twin of this network?")
+    scale, background = fit_scale_background(measured, twin_raw)
+    twin_fit = scale * twin_raw + background if math.isfinite(scale) else np.full_like(twin_raw, background)
+    label = info.get("label") if isinstance(info, dict) else None
+    result = {"points": int(len(rows)), "points_outside_twin": int((~inside).sum()),
+              "correlation": pearson(measured, twin_raw), "scale": scale, "background_w": background,
+              "rms_residual_w": float(np.sqrt(np.nanmean((measured - twin_fit) ** 2))),
+              "label": label, "twin_class": None, "measured_class": None, "twin_sampled_class": None,
+              "energy_fraction_correct_measured": None, "energy_fraction_correct_twin": None,
+              "region_energies_measured_w": None, "region_energies_twin_w": None,
+              "region_points": None, "regions_uncovered": None}
+    arrays = {"x_m": x, "y_m": y, "measured": measured, "twin": twin_fit}
+    det = net.detector
+    if det is not None:
+        if image is not None:
+            with torch.no_grad():
+                energies = det.energies(torch.as_tensor(intensity).float())
+            result["twin_class"] = int(det.scores(energies).argmax())
+        masks = region_masks(x, y, det.centres_m, det.size_m)
+        counts = [int(m.sum()) for m in masks]
+        e_meas = [float(measured[m].sum()) if c else None for m, c in zip(masks, counts)]
+        e_twin = [float(np.nansum(twin_fit[m])) if c else None for m, c in zip(masks, counts)]
+        result.update(region_points=counts, region_energies_measured_w=e_meas, region_energies_twin_w=e_twin,
+                      regions_uncovered=[r for r, c in enumerate(counts) if c == 0])
+        covered = [r for r, c in enumerate(counts) if c]
+        if covered:
+            # Class = brightest region by mean power per point (regions may hold unequal point counts).
+            mean_meas = {r: e_meas[r] / counts[r] for r in covered}
+            mean_twin = {r: e_twin[r] / counts[r] for r in covered}
+            result["measured_class"] = _class_of(max(mean_meas, key=mean_meas.get), det)
+            result["twin_sampled_class"] = _class_of(max(mean_twin, key=mean_twin.get), det)
+            if label is not None and not det.differential and label in covered:
+                result["energy_fraction_correct_measured"] = e_meas[label] / sum(e_meas[r] for r in covered)
+                result["energy_fraction_correct_twin"] = e_twin[label] / sum(e_twin[r] for r in covered)
+    return {"figures": result, "arrays": arrays}
+
+
+def _class_of(region: int, det) -> int:
+    return region // 2 if det.differential else region
+
+
+# ---- classify runs -------------------------------------------------------------------------------
+def classify_summary(frame, meta: dict, net, run_dir: Path) -> dict:
+    """Accuracy, agreement and confusion matrices recomputed from the rows with ``net``."""
+    import torch
+    det = net.detector
+    if det is None:
+        raise UsageError("the twin has no detector regions (an imaging network); a classify run needs them")
+    n_regions = len(det.centres_m)
+    if len(frame) and int(frame["region"].max()) >= n_regions:
+        raise UsageError(f"the run measured region {int(frame['region'].max())} but the twin has only "
+                         f"{n_regions} detector regions; is this the run's twin?")
+    n_classes = det.n_classes
+    energies = frame.groupby(["object_id", "region"])["power_w"].mean().unstack("region")
+    predictions, confusion_measured, confusion_twin = {}, np.zeros((n_classes,) * 2, int), np.zeros((n_classes,) * 2, int)
+    for object_id, row in energies.iterrows():
+        info = meta.get("objects", {}).get(object_id, {})
+        label, image = info.get("label"), load_object(run_dir, object_id)
+        if label is None or image is None:
+            continue
+        e = torch.tensor(row.reindex(range(n_regions)).fillna(0.0).to_numpy())
+        measured = int(det.scores(e).argmax())
+        with torch.no_grad():
+            twin = int(net(torch.as_tensor(image, dtype=torch.float32)[None]).argmax(-1)[0])
+        predictions[object_id] = {"label": int(label), "measured": measured, "twin": twin}
+        if int(label) < n_classes:
+            confusion_measured[label, measured] += 1
+            confusion_twin[label, twin] += 1
+    n = len(predictions)
+    ratio = (lambda key_a, key_b: sum(p[key_a] == p[key_b] for p in predictions.values()) / n if n else None)
+    return {"n": n, "accuracy": ratio("measured", "label"), "twin_accuracy": ratio("twin", "label"),
+            "agreement_with_twin": ratio("measured", "twin"), "predictions": predictions,
+            "confusion_measured": confusion_measured.tolist(), "confusion_twin": confusion_twin.tolist()}
+
+
+# ---- the entry point -----------------------------------------------------------------------------
+def resolve_aperture_m(meta: dict, aperture_m: float | None) -> tuple[float, str]:
+    detector = (((meta.get("bench") or {}).get("config") or {}).get("lockin") or {}).get("detector") or {}
+    if detector.get("aperture_mm") is not None:
+        return float(detector["aperture_mm"]) * 1e-3, "run's bench config (lockin.detector.aperture_mm)"
+    if aperture_m is not None:
+        return float(aperture_m), "--aperture-mm"
+    return DEFAULT_APERTURE_M, "default"
+
+
+def compare_run(run_dir, twin_checkpoint, out_dir, aperture_m: float | None = None) -> dict:
+    """Compare a run with the twin; write PNGs and ``report.html`` into ``out_dir``; return the figures
+    of merit (JSON-ready, SI units)."""
+    from model.checkpoint import file_sha256, load_checkpoint
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: no such run directory")
+    try:
+        frame, meta = load_run(run_dir)
+    except RunStoreError as exc:
+        raise UsageError(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{run_dir}: cannot read the run ({type(exc).__name__}: {exc})") from None
+    if aperture_m is not None and aperture_m < 0:
+        raise UsageError(f"--aperture-mm must be >= 0 (got {aperture_m * 1e3:g})")
+    net, _ = load_checkpoint(twin_checkpoint)
+    net.eval()
+    procedure = meta.get("procedure")
+    aperture, aperture_source = resolve_aperture_m(meta, aperture_m)
+    sha = file_sha256(twin_checkpoint)
+    recorded = (meta.get("twin") or {}).get("sha256")
+    warnings = []
+    if recorded and recorded != sha:
+        warnings.append(f"the twin given ({sha[:12]}…) is not the one recorded in the run ({recorded[:12]}…)")
+    if meta.get("status") != "success":
+        warnings.append(f"run status is '{meta.get('status')}'" + (f": {meta['reason']}" if meta.get("reason") else ""))
+    summary = {"run_dir": str(run_dir), "procedure": procedure, "status": meta.get("status"),
+               "reason": meta.get("reason"), "points": int(len(frame)), "twin_checkpoint": str(twin_checkpoint),
+               "twin_sha256": sha, "run_twin_sha256": recorded,
+               "twin_matches_run": None if recorded is None else recorded == sha,
+               "aperture_m": aperture, "aperture_source": aperture_source, "warnings": warnings,
+               "objects": {}, "classify": None, "figures": []}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if procedure in SCANNED:
+        if len(frame) == 0:
+            warnings.append("the run holds no measured points")
+        xs, ys = scan_axes_m(frame, meta.get("parameters") or {}) if len(frame) else (np.array([]), np.array([]))
+        for object_id, rows in frame.groupby("object_id", sort=False):
+            info = meta.get("objects", {}).get(object_id, {})
+            done = compare_object(object_id, rows, load_object(run_dir, object_id), info, net, aperture)
+            summary["objects"][object_id] = done["figures"]
+            png = object_figure(out_dir, object_id, done, xs, ys, net, aperture)
+            summary["figures"].append(png)
+    elif procedure == "classify":
+        summary["classify"] = classify_summary(frame, meta, net, run_dir)
+        summary["classify_recorded"] = {k: (meta.get("result") or {}).get(k)
+                                        for k in ("n", "accuracy", "twin_accuracy", "agreement_with_twin")}
+        if summary["classify"]["n"]:
+            summary["figures"].append(confusion_figure(out_dir, summary["classify"]))
+    else:
+        raise UsageError(f"{run_dir}: procedure '{procedure}' has nothing to compare "
+                         f"(expected one of {', '.join(SCANNED + ('classify',))})")
+    summary["report"] = str(write_report(out_dir, summary, meta))
+    return summary
+
+
+# ---- command line --------------------------------------------------------------------------------
+def add_compare_parser(subparsers) -> None:
+    p = subparsers.add_parser("compare", help="measured run vs the twin: figures of merit, PNGs, report.html")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--twin", required=True, help="twin checkpoint (model.pt)")
+    p.add_argument("--out", required=True, help="report folder (PNGs + report.html)")
+    p.add_argument("--aperture-mm", type=float, default=None,
+                   help="detector aperture side, used when the run's bench config gives none (default 0.5)")
+    p.add_argument("--json", action="store_true", help="print the figures of merit as one JSON object")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> int:
+    aperture_m = None if args.aperture_mm is None else args.aperture_mm * 1e-3
+    summary = compare_run(args.run_dir, args.twin, args.out, aperture_m)
+    if args.json:
+        json.dump(jsonable(summary), sys.stdout, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        print(text_summary(summary))
+    return 0
+
+
+def jsonable(obj):
+    """Plain JSON data: numpy scalars → python, NaN/inf → None."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def text_summary(summary: dict) -> str:
+    lines = [f"compare: {summary['procedure']} run {summary['run_dir']} ({summary['status']}), "
+             f"aperture {summary['aperture_m'] * 1e3:g} mm ({summary['aperture_source']})"]
+    for object_id, f in summary["objects"].items():
+        corr = "n/a" if f["correlation"] is None else f"{f['correlation']:.3f}"
+        frac = f["energy_fraction_correct_measured"]
+        lines.append(f"  {object_id}: correlation {corr}, classes measured {f['measured_class']} / twin "
+                     f"{f['twin_class']} (label {f['label']})"
+                     + ("" if frac is None else f", energy in correct region {frac:.2f}"))
+    if summary["classify"]:
+        c = summary["classify"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+        lines.append(f"  {c['n']} objects: accuracy {fmt(c['accuracy'])}, twin accuracy {fmt(c['twin_accuracy'])}, "
+                     f"agreement with the twin {fmt(c['agreement_with_twin'])}")
+    lines += [f"  warning: {w}" for w in summary["warnings"]]
+    lines.append(f"  report: {summary['report']}")
+    return "\n".join(lines)
