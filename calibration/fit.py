@@ -40,7 +40,7 @@ ProgressCallback = Callable[[str, int, int, float], None]
 class FitOptions:
     aperture_m: float = 0.5e-3            # detector aperture side (an instrument property, not fitted)
     fit_index_scale: bool = False
-    fit_object_offset: bool = True
+    fit_object_offset: bool | None = None  # None: only when the twin has a non-uniform source beam
     offset_search_m: float = 2e-3
     offset_search_step_m: float = 0.2e-3
     coarse_sigma_m: float = 0.0           # 0 = no coarse stage
@@ -53,6 +53,7 @@ class FitOptions:
     fd_step: float = 0.02                 # forward-difference step (internal units)
     time_budget_s: float = 55.0
     resample_transmission: bool = False
+    plate_supersample: int = 2            # render displaced plates s× finer (model.py); 1 = as D2NN does
     seed: int = 0
 
 
@@ -83,12 +84,20 @@ class _Problem:
         self.evaluations += 1
         return self.model.residuals()
 
+    @torch.no_grad()
     def jacobian(self, p: torch.Tensor, r0: torch.Tensor, step: float) -> torch.Tensor:
+        """Forward differences; each column recomputes only the steps its parameter acts on."""
+        self.space.set(p)
+        maps0 = self.model.cache_fields()
         cols = []
-        for j in range(len(p)):
+        for j, name in enumerate(self.space.names):
             q = p.clone()
             q[j] += step
-            cols.append((self.residuals(q) - r0) / step)
+            self.space.set(q)
+            first = self.space.first_step(name)
+            maps = maps0 if first < 0 else self.model.maps_from(first)
+            cols.append((self.model.residuals(maps) - r0) / step)
+            self.evaluations += 1
         self.space.set(p)
         return torch.stack(cols, 1)
 
@@ -170,8 +179,14 @@ def fit_twin(net: D2NN, scans: list[ObjectScan], options: FitOptions | None = No
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    data_model = ScanModel(net, scans, opts.aperture_m, resample_transmission=opts.resample_transmission)
-    space = ParamSpace(net, data_model, opts.fit_index_scale, opts.fit_object_offset)
+    data_model = ScanModel(net, scans, opts.aperture_m, resample_transmission=opts.resample_transmission,
+                           plate_supersample=opts.plate_supersample)
+    fit_object = opts.fit_object_offset
+    if fit_object is None:
+        # Under a plane wave, moving object, plates and detector together changes nothing: the object
+        # offset is then a gauge freedom, fixed by defining the optical axis through the object's centre.
+        fit_object = net._illumination is not None
+    space = ParamSpace(net, data_model, opts.fit_index_scale, fit_object)
     problem = _Problem(data_model, space)
     history: list[dict] = []
 

@@ -63,9 +63,10 @@ class ScanModel:
     """Modelled readings at the measured points of several object scans, for one twin."""
 
     def __init__(self, net: D2NN, scans: list[ObjectScan], aperture_m: float,
-                 resample_transmission: bool = True):
+                 resample_transmission: bool = False, plate_supersample: int = 2):
         self.net = net
         self.resample_transmission = resample_transmission
+        self.plate_supersample = plate_supersample
         with torch.no_grad():  # the printed heights never change during a calibration: precompute
             self._heights = []
             for layer in net.layers:
@@ -73,6 +74,8 @@ class ScanModel:
                 if net.oversample > 1:
                     h = h.repeat_interleave(net.oversample, 0).repeat_interleave(net.oversample, 1)
                 self._heights.append(h.detach())
+            s = plate_supersample
+            self._fine_heights = [h.repeat_interleave(s, 0).repeat_interleave(s, 1) for h in self._heights]
         self._free = torch.tensor([1.0, 0.0])[:, None, None]
         self.scans = scans
         self.kernel = aperture_kernel(aperture_m, net.pitch_m)
@@ -107,30 +110,55 @@ class ScanModel:
         return torch.sparse.mm(S.to(v.dtype), v[:, None])[:, 0]
 
     # ---- model -----------------------------------------------------------------------------------
-    def output_intensity(self) -> torch.Tensor:
+    def output_intensity(self, cache: list | None = None, start_step: int = 0) -> torch.Tensor:
         """(K, n, n) the twin's output intensity for the scanned objects.
 
-        Same physics as ``D2NN.output_field`` except how a displaced plate is resampled: here the complex
-        *transmission* of the unshifted plate is resampled (bilinear), not its height map. For a plate of
-        square pillars moved by less than a pixel, a twin pixel then sees the area-weighted mix of the
-        two pillars' transmissions — which is what the field behind block pillars is — whereas
-        interpolating heights invents intermediate pillar heights (phase averaging). With the 2×-finer
-        block-rendered truth this cuts the model mismatch at the true pose ~5× (benchmarks/calibration.py).
+        The twin's physics, written as 2L + 1 steps (propagate to layer 0, pass layer 0, …, propagate to
+        the output plane). ``cache`` (a list) receives the field entering every step; with
+        ``start_step`` > 0 the computation restarts from a cached field — a parameter that first acts at
+        step s (the pose of layer j: step 2j + 1; its spacing: step 2j) only needs the steps from s on,
+        which halves the cost of a finite-difference Jacobian.
+
+        ``resample_transmission``: resample the complex transmission of the plate instead of its height
+        map (``D2NN`` does heights). For a plate of square pillars moved by less than a pixel a twin
+        pixel then sees the area-weighted mix of the two pillars' transmissions, as behind real block
+        pillars, instead of an invented intermediate height. Off by default: it matches a 4×-finer
+        truth better but the bench's default 2×-finer truth slightly worse (see the module report).
         """
         net = self.net
-        if not self.resample_transmission:
-            return net.output_intensity(self.images)
-        field = net.input_field(self.images)
-        planes = [None] + [layer.dz_m for layer in net.layers] + [net.detector_dz_m]
-        for i, layer in enumerate(net.layers):
-            dz = planes[i + 1] - (planes[i] if planes[i] is not None else 0.0)
-            field = net.propagators[i](field, dz)
-            field = field * self._layer_transmission(i)
-        field = net.propagators[-1](field, planes[-1] - planes[-2])
+        n_layers = len(net.layers)
+        planes = [0.0] + [layer.dz_m for layer in net.layers] + [net.detector_dz_m]
+        if start_step == 0:
+            field = net.input_field(self.images)
+        else:
+            field = self._cache[start_step]
+        for step in range(start_step, 2 * n_layers + 1):
+            if cache is not None:
+                cache.append(field)
+            i = step // 2
+            if step % 2 == 0:
+                field = net.propagators[i](field, planes[i + 1] - planes[i])
+            else:
+                field = field * self._layer_transmission(i)
         return field.real ** 2 + field.imag ** 2
+
+    def cache_fields(self) -> torch.Tensor:
+        """Compute the output once, remembering the field entering every step; returns the maps."""
+        cache: list = []
+        with torch.no_grad():
+            intensity = self.output_intensity(cache)
+        self._cache = cache
+        return self._blur(intensity)
+
+    def maps_from(self, start_step: int) -> torch.Tensor:
+        return self._blur(self.output_intensity(start_step=start_step))
 
     def _layer_transmission(self, i: int) -> torch.Tensor:
         net, layer = self.net, self.net.layers[i]
+        if self.plate_supersample > 1:
+            return self._supersampled_transmission(i)
+        if not self.resample_transmission:
+            return layer.transmission(net.wavelength_m, net.cfg.pitch_m, net.oversample, net.index_scale)
         h = self._heights[i]
         t = layer.material.transmission(h, net.wavelength_m, net.index_scale)
         ri = torch.stack([t.real, t.imag])
@@ -138,13 +166,27 @@ class ScanModel:
         ri = resample_pose(ri - self._free, net.pitch_m, layer.dx_m, layer.dy_m, layer.rotation_rad) + self._free
         return torch.complex(ri[0], ri[1])
 
-    def intensity_maps(self) -> torch.Tensor:
-        """(K, n, n) twin intensities seen through the aperture (relative units)."""
-        intensity = self.output_intensity()
+    def _supersampled_transmission(self, i: int) -> torch.Tensor:
+        """The displaced plate rendered as square pillars on an s×-finer grid, its complex transmission
+        averaged back over each twin pixel (the field a twin pixel passes on is the area mean of what the
+        printed blocks transmit there). Costs one s×-finer resampling per plate, no finer propagation."""
+        net, layer, s = self.net, self.net.layers[i], self.plate_supersample
+        h = self._fine_heights[i]
+        if not layer.pose_is_zero():
+            h = resample_pose(h, net.pitch_m / s, layer.dx_m, layer.dy_m, layer.rotation_rad)
+        t = layer.material.transmission(h, net.wavelength_m, net.index_scale)
+        ri = F.avg_pool2d(torch.stack([t.real, t.imag])[None], s)[0]
+        return torch.complex(ri[0], ri[1])
+
+    def _blur(self, intensity: torch.Tensor) -> torch.Tensor:
         if self.kernel is not None:
             r = self.kernel.shape[-1] // 2
             intensity = F.conv2d(intensity[:, None], self.kernel, padding=r)[:, 0]
         return intensity
+
+    def intensity_maps(self) -> torch.Tensor:
+        """(K, n, n) twin intensities seen through the aperture (relative units)."""
+        return self._blur(self.output_intensity())
 
     def samples(self, maps: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Modelled (unscaled) readings at each scan's points, float64."""

@@ -62,5 +62,17 @@ class ParamSpace:
     def si(self, vector) -> dict[str, float]:
         return {p.name: p.offset + float(v) * p.unit for p, v in zip(self.params, vector)}
 
+    def first_step(self, name: str) -> int:
+        """The first step of ``ScanModel.output_intensity`` a parameter acts on; −1 = sampling only."""
+        n_layers = len(self.net.layers)
+        if name.startswith("layer"):
+            i, attr = name[5:].split(".", 1)
+            return 2 * int(i) + (0 if attr == "dz_m" else 1)
+        if name in ("detector_dx_m", "detector_dy_m"):
+            return -1
+        if name == "detector_dz_m":
+            return 2 * n_layers
+        return 0
+
     def units(self) -> torch.Tensor:
         return torch.tensor([p.unit for p in self.params], dtype=torch.float64)

@@ -283,7 +283,231 @@ def compare_run(run_dir, twin_checkpoint, out_dir, aperture_m: float | None = No
         raise UsageError(f"{run_dir}: procedure '{procedure}' has nothing to compare "
                          f"(expected one of {', '.join(SCANNED + ('classify',))})")
     summary["report"] = str(write_report(out_dir, summary, meta))
-    return summary
+    return jsonable(summary)
+
+
+# ---- figures ---------------------------------------------------------------------------------------
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plt.rcParams.update({"font.size": 11, "axes.titlesize": 12})
+    return plt
+
+
+def _extent_mm(xs: np.ndarray, ys: np.ndarray) -> list[float]:
+    dx = np.diff(xs).min() if len(xs) > 1 else 1e-3
+    dy = np.diff(ys).min() if len(ys) > 1 else 1e-3
+    return [(xs[0] - dx / 2) * 1e3, (xs[-1] + dx / 2) * 1e3, (ys[0] - dy / 2) * 1e3, (ys[-1] + dy / 2) * 1e3]
+
+
+def _power_unit(peak_w: float) -> tuple[float, str]:
+    """(factor, unit) so that peak_w · factor reads in 1…1000 of a W prefix (pW, nW, µW, mW, W)."""
+    for factor, unit in ((1e12, "pW"), (1e9, "nW"), (1e6, "µW"), (1e3, "mW")):
+        if abs(peak_w) * factor < 1000:
+            return factor, unit
+    return 1.0, "W"
+
+
+def _draw_regions(ax, det, extent, colour: str = "white") -> None:
+    from matplotlib.patches import Rectangle
+    if det is None:
+        return
+    size = det.size_m * 1e3
+    for region, (cx, cy) in enumerate(det.centres_m):
+        cx, cy = cx * 1e3, cy * 1e3
+        if not (extent[0] <= cx <= extent[1] and extent[2] <= cy <= extent[3]):
+            continue
+        ax.add_patch(Rectangle((cx - size / 2, cy - size / 2), size, size, fill=False, lw=0.8, ec=colour, ls="--"))
+        ax.text(cx - size / 2, cy + size / 2, str(region), color=colour, fontsize=8, va="bottom", ha="left")
+
+
+def _map_panel(fig, ax, image, extent, title, det, cmap, vmin, vmax, label):
+    import matplotlib
+    cm = matplotlib.colormaps[cmap].copy()
+    cm.set_bad("0.8")
+    shown = ax.imshow(image, origin="lower", extent=extent, cmap=cm, vmin=vmin, vmax=vmax,
+                      interpolation="nearest", aspect="equal")
+    _draw_regions(ax, det, extent, "black" if cmap == "RdBu_r" else "white")
+    ax.set(title=title, xlabel="x (mm)", ylabel="y (mm)", xlim=extent[:2], ylim=extent[2:])
+    fig.colorbar(shown, ax=ax, shrink=0.85).set_label(label)
+
+
+def object_figure(out_dir: Path, object_id: str, done: dict, xs, ys, net, aperture_m: float) -> str:
+    """One PNG per object: measured | twin at the same points | residual, x / y profiles, region energies."""
+    plt = _pyplot()
+    f, a = done["figures"], done["arrays"]
+    measured = grid_map(xs, ys, a["x_m"], a["y_m"], a["measured"])
+    twin = grid_map(xs, ys, a["x_m"], a["y_m"], a["twin"])
+    residual = measured - twin
+    extent = _extent_mm(xs, ys)
+    det = net.detector
+    factor, unit = _power_unit(float(np.nanmax(np.abs([measured, twin]))))
+    measured, twin, residual = measured * factor, twin * factor, residual * factor
+    vmin, vmax = np.nanmin([measured, twin]), np.nanmax([measured, twin])
+    limit = np.nanmax(np.abs(residual)) if np.isfinite(residual).any() else 1.0
+    fig, axes = plt.subplots(2, 3, figsize=(17, 10.5), layout="constrained")
+    gaps = " (grey: not measured)" if np.isnan(measured).any() else ""
+    _map_panel(fig, axes[0, 0], measured, extent, f"Measured{gaps}", det, "viridis", vmin, vmax, f"power ({unit})")
+    fit = (f"measured ≈ {f['scale']:.3g} · twin + {f['background_w'] * factor:.3g} {unit}"
+           if math.isfinite(f["scale"]) else "no fit (flat twin)")
+    _map_panel(fig, axes[0, 1], twin, extent, f"Twin at the same points, scaled by least squares\n{fit}", det,
+               "viridis", vmin, vmax, f"power ({unit})")
+    _map_panel(fig, axes[0, 2], residual, extent, "Residual: measured − fitted twin", det, "RdBu_r",
+               -limit, limit, f"power difference ({unit})")
+    centre_y, centre_x = ys[len(ys) // 2], xs[len(xs) // 2]
+    for ax, along, fixed, row in ((axes[1, 0], "x", centre_y, len(ys) // 2), (axes[1, 1], "y", centre_x, len(xs) // 2)):
+        axis_mm = (xs if along == "x" else ys) * 1e3
+        m_line = measured[row, :] if along == "x" else measured[:, row]
+        t_line = twin[row, :] if along == "x" else twin[:, row]
+        ax.plot(axis_mm, m_line, "o", ms=4, label="measured")
+        ax.plot(axis_mm, t_line, "-", lw=1.5, label="twin (fitted)")
+        other = "y" if along == "x" else "x"
+        ax.set(title=f"Profile along {along} at {other} = {fixed * 1e3:.2f} mm", xlabel=f"{along} (mm)",
+               ylabel=f"power ({unit})")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _energy_panel(axes[1, 2], f, det)
+    corr = "n/a" if f["correlation"] is None else f"{f['correlation']:.3f}"
+    label = "" if f["label"] is None else f" (label {f['label']})"
+    fig.suptitle(f"{object_id}{label}: measured vs twin — correlation {corr}, "
+                 f"aperture {aperture_m * 1e3:g} mm", fontsize=14)
+    name = f"object_{_safe_name(object_id)}.png"
+    fig.savefig(out_dir / name, dpi=90)
+    plt.close(fig)
+    return name
+
+
+def _energy_panel(ax, f: dict, det) -> None:
+    ax.set(title="Energy per detector region\n(sum of power over the scanned points inside)", xlabel="region")
+    if det is None:
+        ax.text(0.5, 0.5, "the twin has no detector regions", ha="center", va="center", transform=ax.transAxes)
+        return
+    counts = f["region_points"]
+    regions = np.arange(len(counts))
+    if not any(counts):
+        ax.text(0.5, 0.5, "the scan does not cover any detector region", ha="center", va="center",
+                transform=ax.transAxes)
+        return
+    e_m = np.array([np.nan if e is None else e for e in f["region_energies_measured_w"]])
+    e_t = np.array([np.nan if e is None else e for e in f["region_energies_twin_w"]])
+    factor, unit = _power_unit(float(np.nanmax(np.abs([e_m, e_t]))))
+    e_m, e_t = e_m * factor, e_t * factor
+    ax.set_ylabel(f"summed power ({unit})")
+    ax.bar(regions - 0.2, e_m, 0.4, label="measured")
+    ax.bar(regions + 0.2, e_t, 0.4, label="twin (fitted)")
+    for r in f["regions_uncovered"]:
+        ax.text(r, 0, "not\nscanned", ha="center", va="bottom", fontsize=8, color="0.4")
+    if f["label"] is not None and f["label"] < len(regions):
+        ax.axvspan(f["label"] - 0.5, f["label"] + 0.5, color="gold", alpha=0.3, zorder=0, label="correct region")
+    ax.set_xticks(regions)
+    ax.legend()
+
+
+def confusion_figure(out_dir: Path, c: dict) -> str:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6), layout="constrained")
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+    top = max(1, int(np.max(c["confusion_measured"])), int(np.max(c["confusion_twin"])))
+    for ax, key, title in ((axes[0], "confusion_measured", f"Measured (accuracy {fmt(c['accuracy'])})"),
+                           (axes[1], "confusion_twin", f"Twin (accuracy {fmt(c['twin_accuracy'])})")):
+        matrix = np.asarray(c[key])
+        shown = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=top)
+        for (i, j), count in np.ndenumerate(matrix):
+            if count:
+                ax.text(j, i, str(count), ha="center", va="center",
+                        color="white" if count > top / 2 else "black")
+        ticks = np.arange(matrix.shape[0])
+        ax.set(title=title, xlabel="predicted class", ylabel="true class", xticks=ticks, yticks=ticks)
+        bar = fig.colorbar(shown, ax=ax, shrink=0.8, ticks=np.arange(top + 1) if top <= 10 else None)
+        bar.set_label("objects")
+    fig.suptitle(f"Classification of {c['n']} objects — agreement measured vs twin "
+                 f"{fmt(c['agreement_with_twin'])}", fontsize=14)
+    name = "confusion.png"
+    fig.savefig(out_dir / name, dpi=90)
+    plt.close(fig)
+    return name
+
+
+# ---- report.html -----------------------------------------------------------------------------------
+def _cell(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return "—" if not math.isfinite(value) else f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return html.escape(json.dumps(value))
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(out_dir: Path, summary: dict, meta: dict) -> Path:
+    e = html.escape
+    parts = [f"<h1>Measured vs twin: {e(str(summary['run_dir']))}</h1>"]
+    parts += [f'<p class="warn">⚠ {e(w)}</p>' for w in summary["warnings"]]
+    twin_state = {True: "matches the run", False: "DIFFERS from the run's", None: "no twin recorded in the run"}
+    parts.append("<h2>Run</h2>" + _table(["field", "value"], [
+        ["procedure", summary["procedure"]], ["status", summary["status"]], ["reason", summary["reason"]],
+        ["start", meta.get("start_time")], ["end", meta.get("end_time")], ["points measured", summary["points"]],
+        ["bench", ((meta.get("bench") or {}).get("config") or {}).get("name")],
+        ["twin checkpoint", summary["twin_checkpoint"]], ["twin sha256 (given)", summary["twin_sha256"]],
+        ["twin sha256 (recorded in run)", summary["run_twin_sha256"]],
+        ["twin", twin_state[summary["twin_matches_run"]]],
+        ["detector aperture", f"{summary['aperture_m'] * 1e3:g} mm ({summary['aperture_source']})"]]))
+    parts.append("<h2>Procedure parameters</h2>"
+                 + _table(["parameter", "value"], [[k, v] for k, v in (meta.get("parameters") or {}).items()]))
+    if summary["objects"]:
+        parts.append("<h2>Figures of merit per object</h2><p>The twin's intensity is box-filtered by the aperture, "
+                     "sampled bilinearly at the measured positions and fitted as measured ≈ scale · twin + "
+                     "background (least squares). Correlation = Pearson r of measured vs twin at the points "
+                     "(independent of the fit). Energy fractions use the sum of power over the scanned points "
+                     "inside each detector square; classes use the mean power per point of each region.</p>")
+        rows = [[oid, f["label"], f["twin_class"], f["measured_class"], f["twin_sampled_class"], f["correlation"],
+                 f["energy_fraction_correct_measured"], f["energy_fraction_correct_twin"], f["scale"],
+                 f["background_w"], f["rms_residual_w"], f["points"], f["points_outside_twin"]]
+                for oid, f in summary["objects"].items()]
+        parts.append(_table(["object", "label", "twin class", "measured class", "twin class at points",
+                             "correlation", "energy fraction correct (measured)", "energy fraction correct (twin)",
+                             "scale", "background (W)", "rms residual (W)", "points", "points outside twin"], rows))
+        for oid, f in summary["objects"].items():
+            parts.append(f"<h3>{e(oid)}</h3>")
+            if f["region_points"] is not None:
+                if f["regions_uncovered"]:
+                    parts.append(f"<p>The scan does not cover region(s) {e(str(f['regions_uncovered']))}.</p>")
+                parts.append(_table(["region", "points inside", "measured energy (W)", "twin energy (W)"],
+                                    [[r, n, m, t] for r, (n, m, t) in enumerate(zip(
+                                        f["region_points"], f["region_energies_measured_w"],
+                                        f["region_energies_twin_w"]))]))
+            png = f"object_{_safe_name(oid)}.png"
+            if (out_dir / png).is_file():
+                parts.append(f'<img src="{e(png)}" alt="{e(oid)}: measured vs twin">')
+    if summary["classify"]:
+        c, rec = summary["classify"], summary.get("classify_recorded") or {}
+        keys = ["n", "accuracy", "twin_accuracy", "agreement_with_twin"]
+        parts.append("<h2>Classification</h2><p>Recomputed from the rows with the given twin "
+                     "(class = brightest region by mean power), next to what the run recorded.</p>"
+                     + _table(["figure", "recomputed", "recorded in run"], [[k, c[k], rec.get(k)] for k in keys]))
+        parts.append(_table(["object", "label", "measured class", "twin class"],
+                            [[oid, p["label"], p["measured"], p["twin"]] for oid, p in c["predictions"].items()]))
+        if (out_dir / "confusion.png").is_file():
+            parts.append('<img src="confusion.png" alt="confusion matrices, measured and twin">')
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1600px}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left;font-size:0.9em}th{background:#eee}"
+             "img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}.warn{color:#a00;font-weight:bold}")
+    page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>compare {e(str(summary["run_dir"]))}'
+            f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+    path = out_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
 
 
 # ---- command line --------------------------------------------------------------------------------
