@@ -46,6 +46,11 @@ class FitOptions:
     coarse_sigma_m: float = 0.0           # 0 = no coarse stage
     coarse_iterations: int = 4
     max_iterations: int = 25
+    shift_search_m: float = 0.8e-3         # search range along the stack-shift mode
+    shift_search_step_m: float = 0.1e-3
+    tilt_search_rad: float = 8e-3         # search range along the stack-tilt mode (fit.py: _tilt_mode)
+    tilt_search_step_rad: float = 1e-3
+    first_iterations: int = 12            # LM iterations before the first mode search
     restarts: int = 3                     # multi-start tries when the loss stays high
     restart_loss: float = 0.25            # restart when the loss after LM exceeds this
     restart_spread: float = 1.5           # lateral perturbation of a restart, in pitches
@@ -165,6 +170,44 @@ def _search_detector_offset(model: ScanModel, space: ParamSpace, p: torch.Tensor
     return space.get()
 
 
+@torch.no_grad()
+def _stack_mode(space: ParamSpace, axis: str, kind: str) -> torch.Tensor:
+    """Direction in parameter space that moves the whole stack relative to the object: ``kind`` "shift"
+    (every plate and the detector by the same 1 mm) or "tilt" (by θ·z per unit θ in rad, z from the
+    object — what a tilted source does). Under a plane wave these are nearly degenerate with the
+    object's own offset and the source tilt, and the loss has false minima along them."""
+    net = space.net
+    z = np.cumsum(net.cfg.distances_m) if kind == "tilt" else np.full(len(net.cfg.distances_m), 1e-3)
+    v = torch.zeros(len(space.names), dtype=torch.float64)
+    for j, (name, prm) in enumerate(zip(space.names, space.params)):
+        if name.startswith("layer") and name.endswith(f".d{axis}_m"):
+            v[j] = z[int(name[5:].split(".")[0])] / prm.unit
+        elif name == f"detector_d{axis}_m":
+            v[j] = z[-1] / prm.unit
+    return v
+
+
+def _search_modes(problem: _Problem, p: torch.Tensor, loss: float, opts: FitOptions) -> tuple[torch.Tensor, float, bool]:
+    """Line searches (evaluations only) along the stack shift and tilt modes, x and y."""
+    moved = False
+    grids = {"shift": np.arange(-opts.shift_search_m, opts.shift_search_m + 1e-12, opts.shift_search_step_m) / 1e-3,
+             "tilt": np.arange(-opts.tilt_search_rad, opts.tilt_search_rad + 1e-12, opts.tilt_search_step_rad)}
+    for kind in ("shift", "tilt"):
+        for axis in ("x", "y"):
+            v = _stack_mode(problem.space, axis, kind)
+            for th in grids[kind]:
+                if th == 0:
+                    continue
+                r = problem.residuals(p + th * v)
+                l_new = float(r @ r)
+                if l_new < loss * (1 - 1e-3):
+                    best_p, loss, moved = p + th * v, l_new, True
+            if moved:
+                p = best_p
+    problem.space.set(p)
+    return p, loss, moved
+
+
 def fit_twin(net: D2NN, scans: list[ObjectScan], options: FitOptions | None = None,
              progress: ProgressCallback | None = None) -> FitResult:
     """Fit ``net``'s as-built parameters (in place) to ``scans``; returns values, uncertainties, losses.
@@ -203,9 +246,20 @@ def fit_twin(net: D2NN, scans: list[ObjectScan], options: FitOptions | None = No
         p, _ = _levenberg_marquardt(problem, p, opts.coarse_iterations, opts, deadline, "coarse", progress, history)
         data_model.set_smoothing(0.0)
         strategy.append(f"coarse LM (σ = {opts.coarse_sigma_m * 1e3:g} mm)")
-    p, loss = _levenberg_marquardt(problem, p, opts.max_iterations, opts, deadline, "fine", progress, history)
+    p, loss = _levenberg_marquardt(problem, p, opts.first_iterations, opts, deadline, "fine", progress, history)
     strategy.append("Levenberg-Marquardt")
     found_by = "Levenberg-Marquardt from the design poses"
+    for k in range(3):
+        if time.monotonic() > deadline - 5:
+            break
+        p, loss, moved = _search_modes(problem, p, loss, opts)
+        if moved:
+            found_by = "stack shift/tilt mode search + Levenberg-Marquardt"
+        p, loss = _levenberg_marquardt(problem, p, opts.max_iterations, opts, deadline,
+                                       f"after mode search {k + 1}", progress, history)
+        strategy.append(f"mode search {k + 1} ({'moved' if moved else 'no better point'}) + LM: loss {loss:.4g}")
+        if not moved and k > 0:
+            break
 
     lateral = [i for i, n in enumerate(space.names) if n.startswith("layer") and (".dx" in n or ".dy" in n)]
     for k in range(opts.restarts):

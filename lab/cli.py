@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_parsers(sub)
     from .bench_cli import add_bench_parser
     add_bench_parser(sub)
+    from .compare import add_compare_parser
+    add_compare_parser(sub)
 
     p = sub.add_parser("demo", help="the whole loop on this machine")
     p.add_argument("--out", default="runs/demo")

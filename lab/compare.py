@@ -12,8 +12,8 @@ the twin and both confusion matrices, recomputed from the rows with the given tw
 can be compared too), next to the summary the run recorded.
 
 Only the run directory and the twin are read: never the bench file nor any hidden truth. The aperture
-is the public ``lockin.detector.aperture_mm`` of the run's bench config when present, else the
-``aperture_m`` argument, else 0.5 mm.
+is the ``aperture_m`` argument when given, else the public ``lockin.detector.aperture_mm`` of the run's
+bench config, else 0.5 mm.
 """
 from __future__ import annotations
 
@@ -222,11 +222,12 @@ def classify_summary(frame, meta: dict, net, run_dir: Path) -> dict:
 
 # ---- the entry point -----------------------------------------------------------------------------
 def resolve_aperture_m(meta: dict, aperture_m: float | None) -> tuple[float, str]:
+    """An explicit --aperture-mm wins; else the run's public detector config; else the default."""
+    if aperture_m is not None:
+        return float(aperture_m), "--aperture-mm"
     detector = (((meta.get("bench") or {}).get("config") or {}).get("lockin") or {}).get("detector") or {}
     if detector.get("aperture_mm") is not None:
         return float(detector["aperture_mm"]) * 1e-3, "run's bench config (lockin.detector.aperture_mm)"
-    if aperture_m is not None:
-        return float(aperture_m), "--aperture-mm"
     return DEFAULT_APERTURE_M, "default"
 
 
@@ -271,6 +272,11 @@ def compare_run(run_dir, twin_checkpoint, out_dir, aperture_m: float | None = No
             info = meta.get("objects", {}).get(object_id, {})
             done = compare_object(object_id, rows, load_object(run_dir, object_id), info, net, aperture)
             summary["objects"][object_id] = done["figures"]
+            outside = done["figures"]["points_outside_twin"]
+            if outside:
+                half_mm = float(net.coords_m()[-1]) * 1e3
+                warnings.append(f"{object_id}: {outside} of {len(rows)} points lie outside the twin's output "
+                                f"plane (±{half_mm:.1f} mm) and are left out; is this the run's twin?")
             png = object_figure(out_dir, object_id, done, xs, ys, net, aperture)
             summary["figures"].append(png)
     elif procedure == "classify":
@@ -328,8 +334,7 @@ def _draw_regions(ax, det, extent, colour: str = "white") -> None:
 
 def _map_panel(fig, ax, image, extent, title, det, cmap, vmin, vmax, label):
     import matplotlib
-    cm = matplotlib.colormaps[cmap].copy()
-    cm.set_bad("0.8")
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="0.8")
     shown = ax.imshow(image, origin="lower", extent=extent, cmap=cm, vmin=vmin, vmax=vmax,
                       interpolation="nearest", aspect="equal")
     _draw_regions(ax, det, extent, "black" if cmap == "RdBu_r" else "white")
@@ -369,8 +374,12 @@ def object_figure(out_dir: Path, object_id: str, done: dict, xs, ys, net, apertu
         other = "y" if along == "x" else "x"
         ax.set(title=f"Profile along {along} at {other} = {fixed * 1e3:.2f} mm", xlabel=f"{along} (mm)",
                ylabel=f"power ({unit})")
+        ax.set_xlim(*(extent[:2] if along == "x" else extent[2:]))
         ax.grid(alpha=0.3)
-        ax.legend()
+        if np.isnan(m_line).all():
+            ax.text(0.5, 0.5, "no point measured on this line", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.legend()
     _energy_panel(axes[1, 2], f, det)
     corr = "n/a" if f["correlation"] is None else f"{f['correlation']:.3f}"
     label = "" if f["label"] is None else f" (label {f['label']})"
@@ -401,7 +410,7 @@ def _energy_panel(ax, f: dict, det) -> None:
     ax.bar(regions - 0.2, e_m, 0.4, label="measured")
     ax.bar(regions + 0.2, e_t, 0.4, label="twin (fitted)")
     for r in f["regions_uncovered"]:
-        ax.text(r, 0, "not\nscanned", ha="center", va="bottom", fontsize=8, color="0.4")
+        ax.text(r, 0, " not scanned", ha="center", va="bottom", rotation=90, fontsize=9, color="0.35")
     if f["label"] is not None and f["label"] < len(regions):
         ax.axvspan(f["label"] - 0.5, f["label"] + 0.5, color="gold", alpha=0.3, zorder=0, label="correct region")
     ax.set_xticks(regions)

@@ -42,6 +42,7 @@ class DetectorCalibrationConfig:
     exponent: float = spec(1.0, positive=True, help="law: power — V = responsivity · P^exponent")
     table_v: list[float] | None = spec(None, help="law: table — lock-in R (V) …")
     table_w: list[float] | None = spec(None, help="… and the optical power (W) at each")
+    aperture_mm: float = spec(0.5, nonneg=True, help="side of the detector's square aperture (0 = point)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,7 +115,6 @@ class AsBuiltConfig:
     detector_dz_mm: float = spec(0.0)
     source_waist_mm: float | None = spec(None, positive=True)
     source_tilt_mrad: list[float] = spec(default_factory=lambda: [0.0, 0.0])
-    aperture_mm: float = spec(0.5, nonneg=True, help="detector aperture (square side)")
     oversample: int = spec(2, range=(2, 8), help="as-built sampling per neuron (>= 2)")
 
     def __post_init__(self):

@@ -55,7 +55,8 @@ def quantize_heights(height_m: torch.Tensor, step_m: float, max_height_m: float 
     """Heights rounded to multiples of ``step_m``, never above the highest multiple <= ``max_height_m``."""
     if step_m <= 0:
         return height_m
-    return _RoundToStep.apply(height_m, step_m, math.floor(max_height_m / step_m + 1e-9))
+    top = math.floor(max_height_m / step_m + 1e-9) if math.isfinite(max_height_m) else math.inf
+    return _RoundToStep.apply(height_m, step_m, top)
 
 
 def resample_pose(image: torch.Tensor, pitch_m: float, dx_m, dy_m, rotation_rad,

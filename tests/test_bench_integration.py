@@ -38,11 +38,12 @@ def bench_dict(checkpoint, **virtual) -> dict:
     data = {
         "name": "test-bench",
         "lockin": {"time_constant_ms": 10, "filter_slope_db": 12, "sensitivity_v": 1e-3,
-                   "detector": {"law": "square", "responsivity_v_per_w": RESPONSIVITY_V_PER_W}},
+                   "detector": {"law": "square", "responsivity_v_per_w": RESPONSIVITY_V_PER_W,
+                                "aperture_mm": 0.5}},
         "stages": {"x": {"origin_mm": 50.0, "timeout_s": 2.0}, "y": {"origin_mm": 50.0, "timeout_s": 2.0}},
         "object_changer": "virtual",
         "virtual": {"design": str(checkpoint), "time_scale": 0.0, "source_power_uw": 100.0,
-                    "as_built": {"detector_offset_mm": [0.3, -0.2], "aperture_mm": 0.5},
+                    "as_built": {"detector_offset_mm": [0.3, -0.2]},
                     "noise": {"lockin_noise_v": NOISE_V}},
     }
     data["virtual"].update(virtual)

@@ -46,9 +46,10 @@ def _quiet(iterable, total, description):
 
 
 def bench(design, layers=None):
-    as_built = {"aperture_mm": 0.5, **({"layers": layers} if layers else {})}
+    as_built = {"layers": layers} if layers else {}
     return bench_config_from_dict({
         "name": "compare-test",
+        "lockin": {"detector": {"aperture_mm": 0.5}},
         "stages": {"x": {"origin_mm": 50.0}, "y": {"origin_mm": 50.0}},
         "object_changer": "virtual",
         "virtual": {"design": str(design), "time_scale": 0.0, "source_power_uw": 100.0,
@@ -168,6 +169,18 @@ def test_aborted_run_is_compared_with_its_gaps(aligned_run, design, tmp_path):
     assert summary["status"] == "aborted" and summary["objects"][OBJECT_ID]["points"] == 11 * 9 - 30
     assert any("aborted" in w for w in summary["warnings"])
     assert "interrupted" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_aperture_comes_from_the_public_detector_config_when_the_run_gives_it(aligned_run, design, tmp_path):
+    run_dir = tmp_path / "with-aperture"
+    shutil.copytree(aligned_run, run_dir)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta["bench"]["config"]["lockin"]["detector"]["aperture_mm"] = 0.8
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    summary = compare_run(run_dir, design, tmp_path / "report")
+    assert summary["aperture_m"] == pytest.approx(0.8e-3) and "lockin.detector.aperture_mm" in summary["aperture_source"]
+    overridden = compare_run(run_dir, design, tmp_path / "report2", aperture_m=0.3e-3)
+    assert overridden["aperture_m"] == pytest.approx(0.3e-3) and overridden["aperture_source"] == "--aperture-mm"
 
 
 def test_classify_run_gets_accuracy_agreement_and_confusion_matrices(design, tmp_path):

@@ -45,11 +45,11 @@ def design(tmp_path_factory):
 def bench_dict(design, as_built=None, faults=None, lockin=None) -> dict:
     return {
         "name": "procedures-test",
-        "lockin": {"sensitivity_v": None, **(lockin or {})},
+        "lockin": {"sensitivity_v": None, "detector": {"aperture_mm": 0.4}, **(lockin or {})},
         "stages": {"x": {"timeout_s": 2.0}, "y": {"timeout_s": 2.0}},
         "object_changer": "virtual",
         "virtual": {"design": str(design), "time_scale": 0.0, "source_power_uw": 100.0,
-                    "as_built": {"aperture_mm": 0.4, **(as_built or {})},
+                    "as_built": as_built or {},
                     "noise": {"lockin_noise_v": 1e-9}, "faults": faults or {}},
     }
 

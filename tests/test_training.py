@@ -126,9 +126,3 @@ def test_imaging_mode_learns_to_reproduce_its_input(tiny_dict, digits):
     after = evaluate(net, images[:64], labels[:64])["loss"]
     assert after < 0.7 * before
 
-
-def test_quantized_heights_never_exceed_the_printable_maximum():
-    from model.layers import quantize_heights
-    h = torch.linspace(0, 1.037e-3, 101)
-    q = quantize_heights(h, 0.03e-3, 1.037e-3)
-    assert float(q.max()) <= 1.037e-3 and torch.allclose(q / 0.03e-3, torch.round(q / 0.03e-3), atol=1e-4)

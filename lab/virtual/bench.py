@@ -89,7 +89,7 @@ def as_built_from_config(cfg: BenchConfig, n_layers: int) -> AsBuilt:
         source_waist_m=None if a.source_waist_mm is None else a.source_waist_mm * 1e-3,
         source_tilt_x_rad=a.source_tilt_mrad[0] * 1e-3,
         source_tilt_y_rad=a.source_tilt_mrad[1] * 1e-3,
-        aperture_m=a.aperture_mm * 1e-3,
+        aperture_m=cfg.lockin.detector.aperture_mm * 1e-3,
         oversample=a.oversample,
     )
     if a.random is not None:
