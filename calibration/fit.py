@@ -10,8 +10,16 @@ Strategy (``fit_twin``):
    cannot jump out of a basin). Scale and background are solved in closed form inside every residual
    evaluation (``model.ScanModel``). Optionally first at a coarse resolution (``coarse_sigma_m``: measured
    and modelled samples both smoothed) then sharp.
-3. *Multi-start*, when the loss is still far above what the data allow: restart from the best point
+3. *Stack-mode line searches*: moving every plate and the detector together relative to the object
+   (a common shift, or a shift ∝ z = a tilted stack) is nearly degenerate under plane-wave light, and
+   LM stalls in false minima along these four directions; a 1-D search along each (evaluations only)
+   followed by LM again, up to three rounds. This is what found the minimum in the benchmark cases
+   that converged (``FitResult.strategy`` says which step did).
+4. *Multi-start*, when the loss is still far above what the data allow: restart from the best point
    with the lateral parameters of each layer perturbed (seeded), keep the best.
+
+Deterministic for a given seed, unless ``time_budget_s`` runs out (then the iteration count depends on
+the machine's speed).
 
 Uncertainties come from the Jacobian at the optimum (``uncertainty.py``).
 """
@@ -48,7 +56,7 @@ class FitOptions:
     max_iterations: int = 25
     shift_search_m: float = 0.8e-3         # search range along the stack-shift mode
     shift_search_step_m: float = 0.1e-3
-    tilt_search_rad: float = 8e-3         # search range along the stack-tilt mode (fit.py: _tilt_mode)
+    tilt_search_rad: float = 8e-3         # search range along the stack-tilt mode (_stack_mode)
     tilt_search_step_rad: float = 1e-3
     first_iterations: int = 12            # LM iterations before the first mode search
     restarts: int = 3                     # multi-start tries when the loss stays high

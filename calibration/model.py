@@ -56,7 +56,7 @@ def _smoother(x: np.ndarray, y: np.ndarray, sigma_m: float) -> torch.Tensor | No
     rowsum = np.bincount(i, weights=w, minlength=len(x))
     w = w / rowsum[i]
     return torch.sparse_coo_tensor(np.stack([i, j]), torch.as_tensor(w, dtype=torch.float32),
-                                   (len(x), len(x))).coalesce()
+                                   (len(x), len(x)), check_invariants=False).coalesce()
 
 
 class ScanModel:

@@ -95,7 +95,8 @@ def test_fit_reads_only_the_measurements(design, monkeypatch):
 
 def test_fit_is_deterministic_with_a_seed(design):
     scans = _scans(design, n_objects=2, step_m=0.8e-3)
-    opts = FitOptions(seed=4, max_iterations=3, first_iterations=3, time_budget_s=10)
+    # A wall-clock budget that runs out is the one thing that can make two fits differ: keep it out of reach.
+    opts = FitOptions(seed=4, max_iterations=2, first_iterations=2, time_budget_s=600)
     a = fit_twin(load_checkpoint(design)[0], scans, opts).values_si
     b = fit_twin(load_checkpoint(design)[0], scans, opts).values_si
     assert a == b
