@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -191,10 +192,13 @@ def interleaved_medians(fns: dict, warmup: int, repeats: int) -> dict:
         for _ in range(warmup):
             fn()
     times = {k: [] for k in fns}
+    order = list(fns)
+    shuffle = random.Random(0).shuffle
     for _ in range(repeats):
-        for k, fn in fns.items():
+        shuffle(order)  # no column always runs first (after another's garbage) in a round
+        for k in order:
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             times[k].append(time.perf_counter() - t0)
     return {k: (statistics.median(v), min(v)) for k, v in times.items()}
 
