@@ -462,6 +462,16 @@ class Bench:
             self.settle()
             return self.lockin.read_checked()
 
+    def auto_range(self) -> None:
+        """Step the lock-in's sensitivity until the reading sits inside its range."""
+        with self._talking("lock-in", self.addresses["lockin"]):
+            self.lockin.auto_range(sleep=self.sleep)
+
+    def sensitivity_v(self) -> float:
+        """The lock-in's present full scale (V), stored with every point."""
+        with self._talking("lock-in", self.addresses["lockin"]):
+            return float(self.lockin.sensitivity)
+
     def read_power_w(self, settle: bool = True) -> float:
         """Optical power (W) through the detector calibration (see :meth:`read`)."""
         return self.read(settle).power_w

@@ -53,7 +53,7 @@ def _measure(bench: Bench, log: Callable[[str], None], where: str):
         except LockInOverload as exc:
             last = exc
             log(f"{where}: lock-in overload (attempt {attempt}); re-ranging and measuring again")
-            bench.lockin.auto_range(sleep=bench.sleep)
+            bench.auto_range()
         except ReferenceUnlocked as exc:
             last = exc
             log(f"{where}: reference unlocked (attempt {attempt}); waiting for lock and measuring again")
@@ -102,7 +102,7 @@ def run(procedure, bench_cfg: BenchConfig, out: str | Path, *, bench_file: str |
                 reading, attempts = _measure(bench, log, f"point {p.point}")
                 store.append({"point": p.point, "object_id": p.object_id, "region": p.region,
                               "x_m": p.x_m, "y_m": p.y_m, "r_v": reading.r_v, "theta_rad": reading.theta_rad,
-                              "power_w": reading.power_w, "sensitivity_v": float(bench.lockin.sensitivity),
+                              "power_w": reading.power_w, "sensitivity_v": bench.sensitivity_v(),
                               "attempts": attempts, "time_s": time.time()})
             status = "success"
     except KeyboardInterrupt as exc:
