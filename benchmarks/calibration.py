@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--time-budget-s", type=float, default=55.0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     design = args.design or next((d for d in DEFAULT_DESIGNS if Path(d).is_file()), None)
     if design is None:
         print("no design checkpoint: pass --design (train one with `d2nn-lab train --config "

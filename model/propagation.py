@@ -80,6 +80,42 @@ def _convolve_padded(field: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return out[..., :n_y, :n_x]
 
 
+def _convolve_into(buffer: torch.Tensor, field: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``_convolve_padded`` through a persistent zero-padded ``buffer``: only the n×n window is written,
+    so the padding is never filled again and no fresh (B, m, m) block is allocated for it."""
+    n_y, n_x = field.shape[-2:]
+    buffer[..., :n_y, :n_x].copy_(field)
+    spectrum = torch.fft.fft2(buffer)
+    spectrum.mul_(h)
+    return torch.fft.ifft2(spectrum)[..., :n_y, :n_x]
+
+
+class _FixedKernelConvolution(torch.autograd.Function):
+    """crop ∘ IFFT ∘ diag(H) ∘ FFT ∘ pad, with its adjoint written out: the same map with conj(H)
+    (the unnormalised DFT has F^H = m² F⁻¹, so the m² factors cancel). Autograd would instead replay
+    the slice and pad backwards, each allocating and zero-filling a (B, m, m) block."""
+
+    @staticmethod
+    def forward(ctx, field, h, buffers):
+        ctx.save_for_backward(h)
+        ctx.buffers = buffers
+        return _convolve_into(_buffer_for(buffers, field, h), field, h)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (h,) = ctx.saved_tensors
+        grad = grad.contiguous()
+        return _convolve_into(_buffer_for(ctx.buffers, grad, h), grad, h.conj()), None, None
+
+
+def _buffer_for(buffers: dict, field: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    key = (tuple(field.shape[:-2]), tuple(h.shape), field.dtype, field.device)
+    if key not in buffers:
+        buffers[key] = torch.zeros(*field.shape[:-2], *h.shape, dtype=field.dtype, device=field.device)
+    return buffers[key]
+
+
 def propagate_bl_asm(field: torch.Tensor, pitch_m: float, wavelength_m: float, distance_m: float,
                      padded: int | None = None) -> torch.Tensor:
     """Band-limited angular spectrum propagation of ``field`` (…, n, n) by ``distance_m``.
@@ -124,7 +160,9 @@ class AngularSpectrumPropagator(nn.Module):
 
     ``forward(field, dz_m=None)``: ``dz_m`` is an optional (differentiable) 0-d tensor added to the
     design distance; only then is the phase rebuilt (H·exp(i kz dz)), so calibration can fit spacings
-    while training pays nothing for it.
+    while training pays nothing for it. With a fixed kernel the convolution runs through a reused
+    zero-padded buffer per batch shape and a hand-written adjoint (the hot path of training); a module
+    instance is therefore not to be called from two threads at once.
     """
 
     def __init__(self, n: int, pitch_m: float, wavelength_m: float, distance_m: float,
@@ -141,7 +179,11 @@ class AngularSpectrumPropagator(nn.Module):
         h = self.transfer
         if dz_m is not None:
             h = h * torch.polar(torch.ones_like(self.kz), self.kz * dz_m)
-        return _convolve_padded(field, h)
+            if h.requires_grad:
+                return _convolve_padded(field, h)
+        if field.dtype != h.dtype:
+            field = field.to(h.dtype)
+        return _FixedKernelConvolution.apply(field, h, self.__dict__.setdefault("_buffers_by_shape", {}))
 
     def extra_repr(self) -> str:
         return (f"n={self.n}, padded={self.m}, pitch={self.pitch_m * 1e3:g} mm, "
