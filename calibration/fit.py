@@ -59,12 +59,20 @@ class FitOptions:
     tilt_search_rad: float = 8e-3         # search range along the stack-tilt mode (_stack_mode)
     tilt_search_step_rad: float = 1e-3
     first_iterations: int = 12            # LM iterations before the first mode search
+    hop_rounds: int = 8                   # stack-mode basin-hopping rounds (0 = off)
+    hop_iterations: int = 6               # LM iterations from each hop candidate
+    hop_shift_m: float = 0.25e-3          # hop size along the stack-shift modes
+    hop_tilt_rad: float = 1.5e-3          # hop size along the stack-tilt modes
+    hop_dz_m: float = 0.3e-3              # hop size along the common axial mode (object distance)
+    line_searches: int = 0                # rounds of the older 1-D stack-mode line searches (0 = off)
     restarts: int = 3                     # multi-start tries when the loss stays high
     restart_loss: float = 0.25            # restart when the loss after LM exceeds this
     restart_spread: float = 1.5           # lateral perturbation of a restart, in pitches
     max_step: float = 1.5                 # LM step cap per parameter (internal units)
     fd_step: float = 0.02                 # forward-difference step (internal units)
-    time_budget_s: float = 55.0
+    dz_bound_m: float = 2e-3              # |axial offset| of every plane is kept within this
+    time_budget_s: float | None = None    # wall-clock safety net; None = fixed iteration counts only
+                                          # (deterministic). When set and reached, results depend on speed.
     resample_transmission: bool = False
     plate_supersample: int = 2            # render displaced plates s× finer (model.py); 1 = as D2NN does
     seed: int = 0
@@ -84,12 +92,25 @@ class FitResult:
     scales: list[tuple[float, float]]   # per object (scale a, background b): reading = a·model + b
     history: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    iterations: int = 0        # LM iterations (one Jacobian each)
+    evaluations: int = 0       # model evaluations (forwards, partial ones for Jacobian columns included)
 
 
 class _Problem:
-    def __init__(self, data_model: ScanModel, space: ParamSpace):
+    def __init__(self, data_model: ScanModel, space: ParamSpace, dz_bound_m: float = math.inf):
         self.model, self.space = data_model, space
         self.evaluations = 0
+        self.jacobians = 0
+        self.iterations = 0
+        bound = torch.full((len(space),), math.inf, dtype=torch.float64)
+        for j, prm in enumerate(space.params):
+            if prm.name.endswith("dz_m"):
+                bound[j] = dz_bound_m / prm.unit
+        self.bound = bound
+
+    def clamp(self, p: torch.Tensor) -> torch.Tensor:
+        """Project onto the box of allowed values (the axial offsets are bounded)."""
+        return torch.maximum(torch.minimum(p, self.bound), -self.bound)
 
     @torch.no_grad()
     def residuals(self, p: torch.Tensor) -> torch.Tensor:
@@ -100,6 +121,7 @@ class _Problem:
     @torch.no_grad()
     def jacobian(self, p: torch.Tensor, r0: torch.Tensor, step: float) -> torch.Tensor:
         """Forward differences; each column recomputes only the steps its parameter acts on."""
+        self.jacobians += 1
         self.space.set(p)
         maps0 = self.model.cache_fields()
         cols = []
@@ -124,8 +146,9 @@ def _levenberg_marquardt(problem: _Problem, p0: torch.Tensor, iterations: int, o
     lam = 1e-2
     stalls = 0
     for it in range(iterations):
-        if time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline:
             break
+        problem.iterations += 1
         J = problem.jacobian(p, r, opts.fd_step)
         g = J.T @ r
         A = J.T @ J
@@ -136,6 +159,7 @@ def _levenberg_marquardt(problem: _Problem, p0: torch.Tensor, iterations: int, o
             big = float(step.abs().max())
             if big > opts.max_step:
                 step = step * (opts.max_step / big)
+            step = problem.clamp(p + step) - p
             r_new = problem.residuals(p + step)
             loss_new = float(r_new @ r_new)
             if loss_new < loss:
@@ -216,6 +240,44 @@ def _search_modes(problem: _Problem, p: torch.Tensor, loss: float, opts: FitOpti
     return p, loss, moved
 
 
+def _common_dz_mode(space: ParamSpace) -> torch.Tensor:
+    """Every plane (plates and output plane) 1 mm further from the object."""
+    v = torch.zeros(len(space.names), dtype=torch.float64)
+    for j, (name, prm) in enumerate(zip(space.names, space.params)):
+        if name.endswith("dz_m"):
+            v[j] = 1e-3 / prm.unit
+    return v
+
+
+def _hop_stack_modes(problem: _Problem, p: torch.Tensor, loss: float, opts: FitOptions, deadline, stage: str,
+                     progress: ProgressCallback | None, history: list[dict]) -> tuple[torch.Tensor, float, str | None]:
+    """One round of basin hopping along the near-degenerate stack modes (the pose of the whole stack
+    relative to the object: common shift and tilt, x and y, and the object distance). The loss has
+    false minima about 0.2 mm apart along them that LM cannot leave (nor can a 1-D line search: the
+    other parameters have to follow); so from a point ±hop along a mode, a short LM run; the first end
+    point that beats the current one is taken (then the caller starts the next round from it).
+    Fixed counts and order: deterministic."""
+    space = problem.space
+    candidates = [(f"{kind} {axis}", _stack_mode(space, axis, kind) * size)
+                  for kind, size in (("shift", opts.hop_shift_m / 1e-3), ("tilt", opts.hop_tilt_rad))
+                  for axis in ("x", "y")]
+    if opts.hop_dz_m > 0:
+        candidates.append(("object distance", _common_dz_mode(space) * (opts.hop_dz_m / 1e-3)))
+    for label, v in candidates:
+        for sign in (-1, 1):
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            q, lq = _levenberg_marquardt(problem, problem.clamp(p + sign * v), opts.hop_iterations, opts, deadline,
+                                         f"{stage} {label} {'+' if sign > 0 else '-'}", None, history)
+            if lq < loss * (1 - 1e-3):
+                if progress:
+                    progress(stage, 1, 1, lq)
+                space.set(q)
+                return q, lq, f"{label} {'+' if sign > 0 else '-'}"
+    space.set(p)
+    return p, loss, None
+
+
 def fit_twin(net: D2NN, scans: list[ObjectScan], options: FitOptions | None = None,
              progress: ProgressCallback | None = None) -> FitResult:
     """Fit ``net``'s as-built parameters (in place) to ``scans``; returns values, uncertainties, losses.
@@ -226,7 +288,10 @@ def fit_twin(net: D2NN, scans: list[ObjectScan], options: FitOptions | None = No
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)
     start = time.monotonic()
-    deadline = start + opts.time_budget_s
+    deadline = None if opts.time_budget_s is None else start + opts.time_budget_s
+
+    def out_of_time(margin: float = 0.0) -> bool:
+        return deadline is not None and time.monotonic() > deadline - margin
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -238,7 +303,7 @@ def fit_twin(net: D2NN, scans: list[ObjectScan], options: FitOptions | None = No
         # offset is then a gauge freedom, fixed by defining the optical axis through the object's centre.
         fit_object = net._illumination is not None
     space = ParamSpace(net, data_model, opts.fit_index_scale, fit_object)
-    problem = _Problem(data_model, space)
+    problem = _Problem(data_model, space, opts.dz_bound_m)
     history: list[dict] = []
 
     p0 = space.get()
@@ -255,10 +320,10 @@ def fit_twin(net: D2NN, scans: list[ObjectScan], options: FitOptions | None = No
         data_model.set_smoothing(0.0)
         strategy.append(f"coarse LM (σ = {opts.coarse_sigma_m * 1e3:g} mm)")
     p, loss = _levenberg_marquardt(problem, p, opts.first_iterations, opts, deadline, "fine", progress, history)
-    strategy.append("Levenberg-Marquardt")
+    strategy.append(f"Levenberg-Marquardt: loss {loss:.4g}")
     found_by = "Levenberg-Marquardt from the design poses"
-    for k in range(3):
-        if time.monotonic() > deadline - 5:
+    for k in range(opts.line_searches):
+        if out_of_time(5):
             break
         p, loss, moved = _search_modes(problem, p, loss, opts)
         if moved:
@@ -268,10 +333,22 @@ def fit_twin(net: D2NN, scans: list[ObjectScan], options: FitOptions | None = No
         strategy.append(f"mode search {k + 1} ({'moved' if moved else 'no better point'}) + LM: loss {loss:.4g}")
         if not moved and k > 0:
             break
+    for k in range(opts.hop_rounds):
+        if out_of_time(5):
+            break
+        p, loss, how = _hop_stack_modes(problem, p, loss, opts, deadline, f"hop {k + 1}", progress, history)
+        strategy.append(f"stack-mode hop {k + 1}: {how or 'no better basin'} (loss {loss:.4g})")
+        if how is None:
+            break
+        found_by = f"stack-mode basin hopping (round {k + 1}: {how})"
+    p, loss_polish = _levenberg_marquardt(problem, p, opts.max_iterations, opts, deadline, "polish", progress,
+                                          history)
+    strategy.append(f"LM polish: loss {loss_polish:.4g}")
+    loss = loss_polish
 
     lateral = [i for i, n in enumerate(space.names) if n.startswith("layer") and (".dx" in n or ".dy" in n)]
     for k in range(opts.restarts):
-        if loss <= opts.restart_loss or time.monotonic() > deadline - 5:
+        if loss <= opts.restart_loss or out_of_time(5):
             break
         q = p.clone()
         q[lateral] += torch.as_tensor(rng.uniform(-opts.restart_spread, opts.restart_spread, len(lateral)))
@@ -288,4 +365,5 @@ def fit_twin(net: D2NN, scans: list[ObjectScan], options: FitOptions | None = No
     return FitResult(names=space.names, values_si=space.si(p), uncertainty=unc, loss_before=loss_before,
                      loss_after=float(r @ r), strategy="; ".join(strategy),
                      wall_time_s=time.monotonic() - start, n_points=data_model.n_points,
-                     n_objects=len(scans), scales=linear, history=history)
+                     n_objects=len(scans), scales=linear, history=history,
+                     iterations=problem.iterations, evaluations=problem.evaluations)

@@ -179,6 +179,44 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from calibration import FitOptions, calibrate
+    from calibration.data import twin_from_runs
+    from calibration.html_report import write_calibration_report
+
+    from .store import RunStoreError, load_run
+    for run_dir in args.runs:
+        try:
+            load_run(run_dir)
+        except RunStoreError as exc:
+            raise UsageError(str(exc)) from None
+    twin = args.twin or twin_from_runs(args.runs)
+    if twin is None:
+        raise UsageError("no --twin given and no run names its twin checkpoint; give --twin DESIGN.pt")
+    options = FitOptions(aperture_m=_run_aperture_m(args.runs[0], args.aperture_mm))
+
+    def report_progress(stage: str, step: int, total: int, loss: float) -> None:
+        _log(f"calibrate: {stage} {step}/{total} loss {loss:.4g}")
+
+    result, doc = calibrate(args.runs, twin, args.out, seed=args.seed, options=options, progress=report_progress)
+    report = write_calibration_report(args.out, args.runs, twin, doc["as_built_checkpoint"], doc, result.history)
+    doc["report"] = str(report)
+    if args.json:
+        _print_json(doc)
+    else:
+        print(f"calibrate: loss {doc['loss_before']:.4f} → {doc['loss_after']:.4f}; as-built twin "
+              f"{doc['as_built_checkpoint']}; report {report}")
+        for line in doc["corrections"]:
+            print(f"  {line}")
+    return 0
+
+
+def _run_aperture_m(run_dir, aperture_mm: float | None) -> float:
+    from .compare import resolve_aperture_m
+    from .store import load_run
+    return resolve_aperture_m(load_run(run_dir)[1], None if aperture_mm is None else aperture_mm * 1e-3)[0]
+
+
 def cmd_finetune(args) -> int:
     from calibration.finetune import finetune
 
@@ -196,12 +234,16 @@ def cmd_finetune(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    summary = run_demo(Path(args.out), epochs=args.epochs, seed=args.seed)
+    summary = run_demo(Path(args.out), epochs=args.epochs, seed=args.seed, classify_count=args.classify_count)
     if args.json:
         _print_json(summary)
     else:
-        print(f"demo: design accuracy {summary['design_accuracy']:.4f} on {summary['n_test']} held-out digits; "
-              f"printable layers in {summary['print_dir']}; summary in {Path(args.out) / 'summary.json'}")
+        print(f"demo: accuracy on {summary['n_test']} held-out digits: design {summary['design_accuracy']:.3f}, "
+              f"as built {summary['as_built_accuracy_before']:.3f}, "
+              f"after fine-tuning 2 added layers {summary['as_built_accuracy_after_finetune']:.3f}")
+        print(f"demo: measured on the bench ({summary['classify_objects']} digits): "
+              f"{summary['classify_measured_before']:.3f} before, {summary['classify_measured_after']:.3f} after")
+        print(f"demo: report in {summary['report']} ({summary['wall_time_s']:.0f} s)")
     return 0
 
 
@@ -259,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("calibrate", help="fit the twin's as-built parameters to measured runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--twin", help="design checkpoint (default: the one the runs recorded)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--aperture-mm", type=float, help="detector aperture (default: from the run's bench config)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
+
     p = sub.add_parser("finetune", help="train K added layers on an as-built twin (printed layers frozen)")
     p.add_argument("as_built_twin", help="checkpoint of the calibrated as-built twin")
     p.add_argument("--add-layers", type=int, required=True, metavar="K")
@@ -279,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole loop on this machine")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="training epochs of the design (if not reused)")
+    p.add_argument("--classify-count", type=int, default=50, help="test digits classified on the bench")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo)

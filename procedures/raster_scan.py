@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 from .base import Point, load_objects, raster_grid_m
 
@@ -19,6 +20,7 @@ class RasterScanParameters:
     size_mm: tuple[float, float] = (20.0, 20.0)
     step_mm: float = 1.0
     serpentine: bool = True
+    twin: str | None = None  # design checkpoint, recorded (with its sha256) for compare/calibrate
 
 
 class RasterScan:
@@ -53,12 +55,14 @@ class RasterScan:
         parser.add_argument("--size-mm", nargs=2, type=float, default=[20.0, 20.0], metavar=("W", "H"))
         parser.add_argument("--step-mm", type=float, default=1.0)
         parser.add_argument("--no-serpentine", action="store_true", help="every row left to right")
+        parser.add_argument("--twin", help="design checkpoint to record with the run (for compare/calibrate)")
 
     @classmethod
     def from_args(cls, args) -> "RasterScan":
         return cls(RasterScanParameters(objects=tuple(args.objects), center_mm=tuple(args.center_mm),
                                         size_mm=tuple(args.size_mm), step_mm=args.step_mm,
-                                        serpentine=not args.no_serpentine))
+                                        serpentine=not args.no_serpentine,
+                                        twin=str(Path(args.twin).resolve()) if args.twin else None))
 
 
 if __name__ == "__main__":
