@@ -23,7 +23,8 @@ from model.network import D2NN  # noqa: E402
 from model.train import evaluate, train  # noqa: E402
 
 
-def run(config_path: str, epochs: int | None, seed: int, device: str, out: Path | None) -> dict:
+def run(config_path: str, epochs: int | None, seed: int, device: str, out: Path | None,
+        budget_min: float | None = None) -> dict:
     cfg = load_network_config(config_path)
     torch.manual_seed(seed)
     images, labels = load_dataset(cfg.training.dataset, "train")
@@ -31,7 +32,8 @@ def run(config_path: str, epochs: int | None, seed: int, device: str, out: Path 
     net = D2NN(cfg)
     t0 = time.perf_counter()
     result = train(net, images[tr], labels[tr], images[va], labels[va], epochs=epochs or cfg.training.epochs,
-                   seed=seed, device=device, log=lambda s: print(f"  {cfg.name}: {s}", file=sys.stderr, flush=True))
+                   seed=seed, device=device, log=lambda s: print(f"  {cfg.name}: {s}", file=sys.stderr, flush=True),
+                   time_budget_s=budget_min * 60 if budget_min else None)
     wall = time.perf_counter() - t0
     test_x, test_y = load_dataset(cfg.training.dataset, "test")
     test = evaluate(net, test_x.to(device), test_y.to(device))
@@ -52,11 +54,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--save", type=Path, help="keep the trained checkpoints here")
+    parser.add_argument("--budget-min", type=float, help="stop training before an epoch that would pass this")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
-    rows = [run(c, args.epochs, args.seed, args.device, args.save) for c in args.configs]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = [run(c, args.epochs, args.seed, args.device, args.save, args.budget_min) for c in args.configs]
     if args.json:
         print(json.dumps({"results": rows}))
     for r in rows:

@@ -82,8 +82,12 @@ def evaluate(net: D2NN, images: torch.Tensor, labels: torch.Tensor, batch_size: 
 def train(net: D2NN, train_images: torch.Tensor, train_labels: torch.Tensor,
           val_images: torch.Tensor, val_labels: torch.Tensor, *, epochs: int, seed: int = 0,
           trainable: list[int] | None = None, progress: Progress = _no_progress,
-          log: Callable[[str], None] = lambda s: None, device: str = "cpu") -> TrainResult:
-    """Train in place; returns the best epoch's state (by validation accuracy, or loss for imaging)."""
+          log: Callable[[str], None] = lambda s: None, device: str = "cpu",
+          time_budget_s: float | None = None) -> TrainResult:
+    """Train in place; returns the best epoch's state (by validation accuracy, or loss for imaging).
+
+    ``time_budget_s``: stop before an epoch that would not finish within the budget (judged by the
+    last epoch's duration)."""
     tc = net.cfg.training
     trainable = list(range(len(net.layers))) if trainable is None else trainable
     for i, layer in enumerate(net.layers):
@@ -126,6 +130,11 @@ def train(net: D2NN, train_images: torch.Tensor, train_labels: torch.Tensor,
         log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         if best_score is None or score > best_score:
             best_score, best_state = score, copy.deepcopy(net.state_dict())
+        if time_budget_s is not None:
+            epoch_s = row["elapsed_s"] - (history[-2]["elapsed_s"] if len(history) > 1 else 0.0)
+            if row["elapsed_s"] + epoch_s > time_budget_s:
+                log(f"stopping: another epoch (~{epoch_s:.0f} s) would pass the {time_budget_s:.0f} s budget")
+                break
     net.load_state_dict(best_state)
     return TrainResult(best_state, {"history": history, "best_score": best_score,
                                     "train_time_s": time.perf_counter() - t_start, "seed": seed,
