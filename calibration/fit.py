@@ -59,7 +59,7 @@ class FitOptions:
     tilt_search_rad: float = 8e-3         # search range along the stack-tilt mode (_stack_mode)
     tilt_search_step_rad: float = 1e-3
     first_iterations: int = 12            # LM iterations before the first mode search
-    hop_rounds: int = 8                   # stack-mode basin-hopping rounds (0 = off)
+    hop_rounds: int = 12                  # stack-mode basin-hopping rounds (0 = off)
     hop_iterations: int = 6               # LM iterations from each hop candidate
     hop_shift_m: float = 0.25e-3          # hop size along the stack-shift modes
     hop_tilt_rad: float = 1.5e-3          # hop size along the stack-tilt modes
