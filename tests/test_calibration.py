@@ -28,6 +28,16 @@ TRUTH_LAYERS = (LayerError(0.15e-3, -0.10e-3, 0.3e-3, math.radians(0.8)),
 DETECTOR_OFFSET = (0.2e-3, -0.1e-3)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: these fits are many small FFTs, and on a shared 2-core machine a second
+    thread costs more in contention than it gains."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def design(tmp_path_factory):
     torch.manual_seed(1)
@@ -67,7 +77,8 @@ def fitted(design):
     net, _ = load_checkpoint(design)
     scans = _scans(design)
     # Fixed iteration counts (no wall-clock budget): the same result on a loaded or an idle machine.
-    return fit_twin(net, scans, FitOptions(seed=0, hop_rounds=2, hop_iterations=4, restarts=0)), scans
+    return fit_twin(net, scans, FitOptions(seed=0, first_iterations=10, max_iterations=10, hop_rounds=1,
+                                           hop_iterations=3, restarts=0)), scans
 
 
 def test_fit_recovers_subpixel_poses_of_a_small_stack(fitted):
@@ -87,7 +98,7 @@ def test_axial_offsets_stay_within_their_bound(fitted, design):
     result, scans = fitted
     assert all(abs(result.values_si[n]) <= 2e-3 + 1e-12 for n in result.names if n.endswith("dz_m"))
     net, _ = load_checkpoint(design)
-    tight = fit_twin(net, scans, FitOptions(seed=0, max_iterations=3, first_iterations=3, hop_rounds=0,
+    tight = fit_twin(net, scans[:1], FitOptions(seed=0, max_iterations=2, first_iterations=2, hop_rounds=0,
                                             restarts=0, dz_bound_m=0.05e-3))
     assert all(abs(tight.values_si[n]) <= 0.05e-3 + 1e-12 for n in tight.names if n.endswith("dz_m"))
 
