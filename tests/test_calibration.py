@@ -99,7 +99,7 @@ def test_axial_offsets_stay_within_their_bound(fitted, design):
     assert all(abs(result.values_si[n]) <= 2e-3 + 1e-12 for n in result.names if n.endswith("dz_m"))
     net, _ = load_checkpoint(design)
     tight = fit_twin(net, scans[:1], FitOptions(seed=0, max_iterations=2, first_iterations=2, hop_rounds=0,
-                                            restarts=0, dz_bound_m=0.05e-3))
+                                            restarts=0, dz_bound_m=0.05e-3, offset_search_m=0.4e-3))
     assert all(abs(tight.values_si[n]) <= 0.05e-3 + 1e-12 for n in tight.names if n.endswith("dz_m"))
 
 
@@ -111,15 +111,16 @@ def test_fit_reads_only_the_measurements(design, monkeypatch):
     for name in ("power_map", "detector_power_w", "network", "_build"):
         monkeypatch.setattr(AsBuiltOptics, name, forbidden)
     net, _ = load_checkpoint(design)
-    result = fit_twin(net, scans, FitOptions(seed=0, max_iterations=2, first_iterations=2, hop_rounds=0, restarts=0))
+    result = fit_twin(net, scans, FitOptions(seed=0, max_iterations=2, first_iterations=2, hop_rounds=0, restarts=0,
+                                         offset_search_m=0.4e-3))
     assert result.n_points == sum(s.n_points for s in scans)
 
 
 def test_fit_is_deterministic_with_a_seed(design):
     scans = _scans(design, n_objects=2, step_m=0.8e-3)
     # No wall-clock budget (the default): fixed iteration counts, so two fits must agree exactly.
-    opts = FitOptions(seed=4, max_iterations=2, first_iterations=2, hop_rounds=1, hop_iterations=2, restarts=1,
-                      restart_loss=0.0)
+    opts = FitOptions(seed=4, max_iterations=2, first_iterations=2, hop_rounds=1, hop_iterations=2, restarts=0,
+                      offset_search_m=0.4e-3)
     a = fit_twin(load_checkpoint(design)[0], scans, opts).values_si
     b = fit_twin(load_checkpoint(design)[0], scans, opts).values_si
     assert a == b
