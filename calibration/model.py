@@ -25,22 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.detector import aperture_kernel
 from model.layers import resample_pose
 from model.network import D2NN
 
 from .data import ObjectScan
-
-
-def aperture_kernel(aperture_m: float, pitch_m: float) -> torch.Tensor | None:
-    """Box filter of a square aperture of side ``aperture_m`` on a grid of ``pitch_m`` (fractional edges);
-    None when the aperture is no larger than a pixel (the pixel's own intensity is the reading)."""
-    if aperture_m <= pitch_m:
-        return None
-    half = aperture_m / pitch_m / 2
-    r = int(math.ceil(half - 0.5))
-    o = torch.arange(-r, r + 1, dtype=torch.float32)
-    w = (torch.minimum(o + 0.5, torch.tensor(half)) - torch.maximum(o - 0.5, torch.tensor(-half))).clamp(min=0)
-    return (w[:, None] * w[None, :])[None, None]
 
 
 def _smoother(x: np.ndarray, y: np.ndarray, sigma_m: float) -> torch.Tensor | None:
@@ -78,7 +67,8 @@ class ScanModel:
             self._fine_heights = [h.repeat_interleave(s, 0).repeat_interleave(s, 1) for h in self._heights]
         self._free = torch.tensor([1.0, 0.0])[:, None, None]
         self.scans = scans
-        self.kernel = aperture_kernel(aperture_m, net.pitch_m)
+        kernel = aperture_kernel(aperture_m, net.pitch_m)
+        self.kernel = None if kernel is None else kernel.float()
         shapes = {s.image.shape for s in scans}
         if len(shapes) != 1:
             raise ValueError(f"all object images must share one shape, got {sorted(shapes)}")

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.detector import sample_bilinear as bilinear_sample
+
 from .errors import UsageError
 from .store import RunStoreError, load_object, load_run
 
@@ -35,41 +37,13 @@ POSITION_DECIMALS = 7  # positions rounded to 0.1 µm when placed on the grid
 
 # ---- sampling the twin ---------------------------------------------------------------------------
 def aperture_power(power_per_pixel: np.ndarray, pitch_m: float, aperture_m: float) -> np.ndarray:
-    """Power through a square aperture of side ``aperture_m`` centred on every pixel.
+    """Power through the detector's square aperture centred on every pixel (W), or the density (W/m²)
+    for a point detector: the twin's detector model, ``model.detector.aperture_power``."""
+    import torch
 
-    ``power_per_pixel`` is (density × pixel area); the box filter weights each neighbour by the
-    fraction of its width inside the aperture (separable, fractional edges), so a uniform density ρ
-    gives ρ · aperture² for any aperture, smaller or larger than a pixel. ``aperture_m`` 0 = a point
-    detector: the density itself (power per m²)."""
-    power = np.asarray(power_per_pixel, dtype=np.float64)
-    if aperture_m <= 0:
-        return power / pitch_m ** 2
-    half = aperture_m / pitch_m / 2
-    r = int(math.ceil(half - 0.5))
-    offsets = np.arange(-r, r + 1, dtype=np.float64)
-    weights = np.clip(np.minimum(offsets + 0.5, half) - np.maximum(offsets - 0.5, -half), 0, None)
-    padded = np.pad(power, r)
-    n_y, n_x = power.shape
-    rows = sum(w * padded[:, r + o:r + o + n_x] for o, w in zip(range(-r, r + 1), weights))
-    return sum(w * rows[r + o:r + o + n_y, :] for o, w in zip(range(-r, r + 1), weights))
-
-
-def bilinear_sample(values: np.ndarray, coords_m: np.ndarray, x_m, y_m) -> np.ndarray:
-    """``values[row = y, column = x]`` on pixel centres ``coords_m`` (same on both axes), bilinearly
-    interpolated at (x_m, y_m); NaN outside the grid's first..last pixel centre."""
-    coords = np.asarray(coords_m, dtype=np.float64)
-    x, y = np.atleast_1d(np.asarray(x_m, dtype=np.float64)), np.atleast_1d(np.asarray(y_m, dtype=np.float64))
-    pitch, n = coords[1] - coords[0], len(coords)
-    fx, fy = (x - coords[0]) / pitch, (y - coords[0]) / pitch
-    eps = 1e-9
-    inside = (fx >= -eps) & (fx <= n - 1 + eps) & (fy >= -eps) & (fy <= n - 1 + eps)
-    fx, fy = np.clip(fx, 0, n - 1), np.clip(fy, 0, n - 1)
-    ix, iy = np.minimum(fx.astype(int), n - 2), np.minimum(fy.astype(int), n - 2)
-    tx, ty = fx - ix, fy - iy
-    v = values
-    out = ((1 - ty) * ((1 - tx) * v[iy, ix] + tx * v[iy, ix + 1])
-           + ty * ((1 - tx) * v[iy + 1, ix] + tx * v[iy + 1, ix + 1]))
-    return np.where(inside, out, np.nan)
+    from model.detector import aperture_power as twin_aperture_power
+    return twin_aperture_power(torch.as_tensor(np.asarray(power_per_pixel, dtype=np.float64)), pitch_m,
+                               aperture_m).numpy()
 
 
 def twin_intensity(net, image: np.ndarray | None) -> np.ndarray:

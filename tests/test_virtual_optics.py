@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lab.virtual.optics import AsBuilt, AsBuiltOptics, LayerError, _aperture_sum, _bilinear
+from lab.virtual.optics import AsBuilt, AsBuiltOptics, LayerError, _bilinear
+from model.detector import aperture_power
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import network_config_from_dict
 from model.network import D2NN
@@ -62,8 +63,8 @@ def test_a_shifted_layer_changes_the_map(checkpoint):
 def test_aperture_sum_of_a_uniform_map_is_area_times_density():
     pitch_m, density_w_m2 = 0.2e-3, 3.0
     power = torch.full((40, 40), density_w_m2 * pitch_m ** 2, dtype=torch.float64)
-    for aperture_m in (0.5e-3, 0.8e-3, 1.1e-3):
-        collected = _aperture_sum(power, aperture_m, pitch_m)
+    for aperture_m in (0.1e-3, 0.5e-3, 0.8e-3, 1.1e-3):
+        collected = aperture_power(power, pitch_m, aperture_m)
         assert collected[20, 20].item() == pytest.approx(density_w_m2 * aperture_m ** 2, rel=1e-9)
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from model.checkpoint import load_checkpoint
 from model.config import SPEED_OF_LIGHT_M_S
+from model.detector import aperture_power, sample_bilinear
 from model.network import D2NN
 
 
@@ -130,7 +131,9 @@ class AsBuiltOptics:
         # Normalise so that the unit-amplitude plane wave over the full input plane carries source_power_w.
         plane_area = (net.n * net.pitch_m) ** 2
         power_density = intensity * (self.source_power_w / plane_area)  # W/m²
-        collected = _aperture_sum(power_density * pixel_area, self.truth.aperture_m, net.pitch_m)
+        power = power_density * pixel_area
+        # a point detector (aperture 0) is modelled as collecting one fine pixel's power
+        collected = aperture_power(power, net.pitch_m, self.truth.aperture_m) if self.truth.aperture_m > 0 else power
         return net.coords_m().numpy(), collected.numpy()
 
     def detector_power_w(self, x_m: float, y_m: float, object_id: str, image: np.ndarray | None,
@@ -140,28 +143,6 @@ class AsBuiltOptics:
         return power_factor * _bilinear(pmap, coords, x_m, y_m)
 
 
-def _aperture_sum(power: torch.Tensor, aperture_m: float, pitch_m: float) -> torch.Tensor:
-    """Power inside a square aperture centred on every pixel (box filter with fractional edges)."""
-    if aperture_m <= pitch_m:
-        return power  # smaller than a pixel: the pixel's power
-    half = aperture_m / pitch_m / 2
-    r = int(math.ceil(half - 0.5))
-    offsets = torch.arange(-r, r + 1, dtype=torch.float64)
-    weights = (torch.minimum(offsets + 0.5, torch.tensor(half)) - torch.maximum(offsets - 0.5, torch.tensor(-half))).clamp(min=0)
-    kernel = (weights[:, None] * weights[None, :])[None, None]
-    return F.conv2d(power[None, None], kernel, padding=r)[0, 0]
-
-
 def _bilinear(values: np.ndarray, coords: np.ndarray, x: float, y: float) -> float:
-    pitch = coords[1] - coords[0]
-    fx, fy = (x - coords[0]) / pitch, (y - coords[0]) / pitch
-    n = len(coords)
-    tol = 1e-9  # (x − c0)/pitch lands a hair past the last sample through rounding
-    if not (-tol <= fx <= n - 1 + tol and -tol <= fy <= n - 1 + tol):
-        return 0.0
-    fx, fy = min(max(fx, 0.0), n - 1.0), min(max(fy, 0.0), n - 1.0)
-    ix, iy = min(int(fx), n - 2), min(int(fy), n - 2)
-    tx, ty = fx - ix, fy - iy
-    v = values
-    return float((1 - ty) * ((1 - tx) * v[iy, ix] + tx * v[iy, ix + 1])
-                 + ty * ((1 - tx) * v[iy + 1, ix] + tx * v[iy + 1, ix + 1]))
+    """One bilinear sample; 0 outside the computed window (no light reaches there in the model)."""
+    return float(np.nan_to_num(sample_bilinear(values, coords, x, y), nan=0.0)[0])
