@@ -16,14 +16,13 @@ EXIT_USAGE = 2
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message alone tells the user what to fix (config, files, addresses, run data)."""
+    from calibration.data import CalibrationDataError
+    from instruments.errors import InstrumentError
     from model.schema import ConfigError
-    errors: list[type[BaseException]] = [UsageError, ConfigError]
-    try:
-        from instruments.errors import InstrumentError
-        errors.append(InstrumentError)
-    except ImportError:
-        pass
-    return tuple(errors)
+
+    from .store import RunStoreError
+    return UsageError, ConfigError, InstrumentError, RunStoreError, CalibrationDataError
 
 
 def _print_json(obj) -> None:

@@ -1,4 +1,7 @@
-"""beam-profile: raster-scan the bare beam (no object, no layers) to fix the source's centre, waist, tilt.
+"""beam-profile: raster-scan the bare beam (no object) to fix the source's centre, waist, tilt.
+
+On a real bench, take the layers out first to see the source itself; the virtual bench cannot unmount
+its layers, so there the profile is the open beam through the printed stack.
 
     d2nn-lab run beam-profile --bench BENCH.yaml --out RUN_DIR --size-mm 40 40 --step-mm 2
 
