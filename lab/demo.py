@@ -136,7 +136,7 @@ def run_demo(out: Path, epochs: int = 3, seed: int = 0, classify_count: int = 50
 
     # 6. fine-tune 2 added layers on the calibrated twin
     _log("6/8 fine-tuning 2 added layers on the calibrated as-built twin")
-    tuned = finetune(doc["as_built_checkpoint"], 2, out / "finetune", epochs=2, seed=seed)
+    tuned = finetune(doc["as_built_checkpoint"], 2, out / "finetune", epochs=4, seed=seed)
 
     # 7. install them and classify
     _log("7/8 installing the added layers and classifying test digits on the bench")
