@@ -33,3 +33,13 @@ def tiny_config(tiny_dict):
 def _deterministic():
     torch.manual_seed(0)
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """An untrained TINY design on disk (bench, optics and report tests need a real checkpoint)."""
+    from model.checkpoint import save_checkpoint
+    from model.network import D2NN
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("design") / "model.pt",
+                           D2NN(network_config_from_dict(copy.deepcopy(TINY))))

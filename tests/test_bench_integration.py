@@ -5,21 +5,15 @@ Every test that could hang runs under its own deadline.
 """
 from __future__ import annotations
 
-import copy
 import threading
 
 import numpy as np
 import pytest
-import torch
 
 from instruments import LockInOverload, SoftLimitError, StageTimeout
 from lab.bench import Bench, BenchCommunicationError
 from lab.config import bench_config_from_dict
-from model.checkpoint import save_checkpoint
-from model.config import network_config_from_dict
-from model.network import D2NN
 
-from conftest import TINY
 
 F_NOMINAL_HZ = 400e9
 NOISE_V = 1e-9
@@ -27,11 +21,8 @@ RESPONSIVITY_V_PER_W = 1000.0
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("design") / "model.pt"
-    save_checkpoint(path, D2NN(network_config_from_dict(copy.deepcopy(TINY))))
-    return path
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def bench_dict(checkpoint, **virtual) -> dict:

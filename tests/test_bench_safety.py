@@ -5,7 +5,6 @@ addresses file, so the emulator outlives the session and its state is the truth 
 """
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import subprocess
@@ -15,28 +14,20 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from lab.bench import Bench, BenchInterrupted
 from lab.config import bench_config_from_dict
 from lab.virtual.bench import VirtualBench
-from model.checkpoint import save_checkpoint
-from model.config import network_config_from_dict
-from model.network import D2NN
 
-from conftest import TINY
 
 REPO = Path(__file__).resolve().parent.parent
 FAR_MM = 40.0   # a move of 40 mm at 20 mm/s in real time takes 2 s: still moving when interrupted
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("design") / "model.pt"
-    save_checkpoint(path, D2NN(network_config_from_dict(copy.deepcopy(TINY))))
-    return path
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def server_dict(checkpoint, faults=None) -> dict:

@@ -69,10 +69,8 @@ def raster(design, out, layers=None):
 
 
 @pytest.fixture(scope="module")
-def design(tmp_path_factory):
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("design") / "model.pt",
-                           D2NN(network_config_from_dict(copy.deepcopy(TINY))))
+def design(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

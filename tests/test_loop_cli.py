@@ -1,7 +1,6 @@
 """calibrate and finetune from the command line: the output contracts of DESIGN.md section 4/7."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -10,19 +9,14 @@ import torch
 from lab.cli import main
 from lab.config import bench_config_from_dict
 from lab.runner import run
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.config import network_config_from_dict
-from model.network import D2NN
+from model.checkpoint import load_checkpoint
 from procedures.raster_scan import RasterScan, RasterScanParameters
 
-from conftest import TINY
 
 
 @pytest.fixture(scope="module")
-def design(tmp_path_factory):
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("design") / "model.pt",
-                           D2NN(network_config_from_dict(copy.deepcopy(TINY))))
+def design(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

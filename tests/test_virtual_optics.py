@@ -1,7 +1,6 @@
 """The as-built optics of the virtual bench: consistent with the twin, sensitive to the hidden errors."""
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
@@ -9,21 +8,15 @@ import torch
 
 from lab.virtual.optics import AsBuilt, AsBuiltOptics, LayerError, _bilinear
 from model.detector import aperture_power
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.config import network_config_from_dict
-from model.network import D2NN
+from model.checkpoint import load_checkpoint
 
-from conftest import TINY
 
 F_HZ = 400e9
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("design") / "model.pt"
-    save_checkpoint(path, D2NN(network_config_from_dict(copy.deepcopy(TINY))))
-    return path
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def digit():

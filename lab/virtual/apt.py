@@ -33,7 +33,6 @@ T^2 * 65536 * a[mm/s^2], with the servo cycle T = 2048 / 6e6 s.
 from __future__ import annotations
 
 import errno
-import math
 import os
 import select
 import struct

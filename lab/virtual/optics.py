@@ -13,12 +13,11 @@ position for the current object, frequency and source power.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from model.checkpoint import load_checkpoint
 from model.config import SPEED_OF_LIGHT_M_S
