@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,6 +30,9 @@ import torch.nn.functional as F  # noqa: E402
 
 import model.propagation as propagation  # noqa: E402
 from model.propagation import band_limited_transfer, padded_size  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from propagation import interleaved_times_s  # noqa: E402  (benchmarks/propagation.py: one timer)
 
 CURRENT = propagation._convolve_padded
 
@@ -187,22 +188,6 @@ VARIANTS = {
 
 # ---- timing ------------------------------------------------------------------------------------------
 
-def interleaved_medians(fns: dict, warmup: int, repeats: int) -> dict:
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    order = list(fns)
-    shuffle = random.Random(0).shuffle
-    for _ in range(repeats):
-        shuffle(order)  # no column always runs first (after another's garbage) in a round
-        for k in order:
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
-    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
-
-
 def check_equal(n: int, variants: dict) -> None:
     g = torch.Generator().manual_seed(0)
     field = torch.randn(3, n, n, dtype=torch.complex64, generator=g)
@@ -236,7 +221,7 @@ def prop_benchmark(n: int, batch: int, variants: dict, warmup: int, repeats: int
             out = conv(field, h)
             ((out.real ** 2 + out.imag ** 2) * weight).sum().backward()
         return run
-    return interleaved_medians({k: make(v) for k, v in variants.items()}, warmup, repeats)
+    return interleaved_times_s({k: make(v) for k, v in variants.items()}, warmup, repeats)
 
 
 def step_benchmark(n: int, batch: int, variants: dict, warmup: int, repeats: int) -> dict:
@@ -253,7 +238,7 @@ def step_benchmark(n: int, batch: int, variants: dict, warmup: int, repeats: int
             finally:
                 propagation._convolve_padded = CURRENT
         return run
-    return interleaved_medians({k: make(v) for k, v in variants.items()}, warmup, repeats)
+    return interleaved_times_s({k: make(v) for k, v in variants.items()}, warmup, repeats)
 
 
 def main() -> int:
@@ -270,8 +255,6 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-
     variants = {k: VARIANTS[k] for k in args.variants}
     if "current" not in variants:
         variants = {"current": conv_current, **variants}

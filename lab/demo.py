@@ -46,12 +46,14 @@ def _bench_file(out: Path, name: str, design: Path, as_built: dict) -> Path:
 def _as_built_accuracy(bench_file: Path, images, labels) -> float:
     """Accuracy of the printed network as the virtual bench renders it (hidden truth: report only)."""
     from lab.config import load_bench_config
-    from lab.virtual.bench import VirtualBench
+    from lab.virtual.bench import as_built_from_config
+    from lab.virtual.optics import AsBuiltOptics
+    from model.checkpoint import load_checkpoint
     from model.train import evaluate
     cfg = load_bench_config(bench_file)
-    with VirtualBench(cfg) as vb:
-        net = vb.optics.network(cfg.source.freq_ghz * 1e9)
-        return evaluate(net, images, labels, batch_size=50)["accuracy"]
+    n_layers = len(load_checkpoint(cfg.virtual.design)[0].layers)
+    optics = AsBuiltOptics(cfg.virtual.design, as_built_from_config(cfg, n_layers))
+    return evaluate(optics.network(cfg.source.freq_ghz * 1e9), images, labels, batch_size=50)["accuracy"]
 
 
 def _truth_table(bench_file: Path, n_layers: int) -> dict[str, float]:

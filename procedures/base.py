@@ -74,7 +74,7 @@ def load_objects(specs: list[str]) -> list[TestObject]:
             continue
         path = Path(spec)
         if path.suffix.lower() in (".npy", ".png"):
-            from lab.cli import load_image
+            from lab.images import load_image
             out.append(TestObject(path.stem, load_image(path), {"file": str(path)}))
             continue
         raise UsageError(f"object '{spec}': expected dataset:split:index (e.g. mnist:test:17), "
